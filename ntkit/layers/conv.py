@@ -1,3 +1,307 @@
-"""(to be written)"""
+"""Convolutions: the infinite-width kernel of ``Conv`` and its finite ``nn.Module``.
 
-__all__: list[str] = []
+Inputs are channels-first, ``(n, C, L)`` for 1-D and ``(n, C, H, W)`` for 2-D
+data (any number of spatial dimensions for the kernel; up to three for the
+finite module). A convolution with filter ``f``, strides ``s`` and padding maps
+a channel-averaged covariance ``q`` to
+
+``q'(h, h') = W_std^2 * mean_d q(s*h + d - p, s*h' + d - p) + b_std^2``
+
+where ``d`` runs over the filter offsets and ``q`` is zero outside the input
+(``VALID``/``SAME``) or wraps around (``CIRCULAR``). The same shift applies to
+both position axes, so the full-layout map is a ``2D``-dimensional convolution
+with a *diagonal* filter; it is separable over spatial dimensions and computed
+as ``sum_i f_i`` strided slice additions (no ``f_1 * f_2`` product). In the
+diagonal layout the same code touches one axis per dimension and costs
+``O(n1 n2 |S| sum_i f_i)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._validation import check_choice, check_nonnegative
+from .base import BuildContext, KernelOrList, Layer, ShapeOrList
+from .kernel import Kernel
+
+__all__ = ["Conv"]
+
+_PADDINGS = ("VALID", "SAME", "CIRCULAR")
+_PARAMS = ("ntk", "standard")
+
+
+# ---- shared spatial helpers (also used by pooling) ------------------------------------------
+
+
+def _as_tuple(value: int | Sequence[int] | None, n: int, name: str, default: int | None = None) -> tuple[int, ...]:
+    """Normalise an int or sequence of positive ints to a length-``n`` tuple."""
+    if value is None:
+        if default is None:
+            raise ValueError(f"{name} is required")
+        return (default,) * n
+    vals = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(vals) != n or any(int(v) != v or v < 1 for v in vals):
+        raise ValueError(f"{name} must be a positive int or a tuple of {n} positive ints, got {value!r}")
+    return tuple(int(v) for v in vals)
+
+
+def _plan_axis(length: int, window: int, stride: int, padding: str, what: str) -> tuple[int, int]:
+    """``(out_len, pad_lo)`` of a sliding window along one axis (TF/JAX ``SAME`` conventions)."""
+    if padding == "VALID":
+        if window > length:
+            raise ValueError(
+                f"{what} of size {window} is larger than the input's spatial size {length} with "
+                f"padding='VALID'; use padding='SAME' or a smaller window"
+            )
+        return (length - window) // stride + 1, 0
+    out = -(-length // stride)
+    total = max((out - 1) * stride + window - length, 0)
+    return out, total // 2
+
+
+def _plan(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: str,
+          what: str) -> list[tuple[int, int]]:
+    return [_plan_axis(L, f, s, padding, what) for L, f, s in zip(spatial, window, strides, strict=True)]
+
+
+def _shift_sum(t: torch.Tensor, axes: Sequence[int], window: int, stride: int, pad_lo: int, out_len: int,
+               circular: bool) -> torch.Tensor:
+    """``out[.., h, .., h', ..] = sum_d t[.., s*h+d-p, .., s*h'+d-p, ..]`` over the given ``axes`` jointly.
+
+    With one axis this is a sum-pool; with two axes (the x1 and x2 position
+    axes of a covariance) it is the diagonal-filter convolution of a Conv.
+    Out-of-range positions contribute zero, or wrap around when ``circular``.
+    """
+    length = t.shape[axes[0]]
+    shape = list(t.shape)
+    for a in axes:
+        shape[a] = out_len
+    base = torch.arange(out_len, device=t.device) * stride
+    if circular:
+        acc = None
+        for d in range(window):
+            idx = (base + (d - pad_lo)) % length
+            part = t
+            for a in axes:
+                part = part.index_select(a, idx)
+            acc = part if acc is None else acc.add_(part)
+        return acc
+    acc = t.new_zeros(shape)
+    for d in range(window):
+        off = d - pad_lo
+        # valid output positions h: 0 <= s*h + off < length (a contiguous range)
+        h0 = (-off + stride - 1) // stride if off < 0 else 0
+        h1 = min(out_len, (length - 1 - off) // stride + 1) if length - 1 - off >= 0 else 0
+        if h1 <= h0:
+            continue
+        start = stride * h0 + off
+        src = [slice(None)] * t.ndim
+        dst = [slice(None)] * t.ndim
+        for a in axes:
+            src[a] = slice(start, start + stride * (h1 - h0 - 1) + 1, stride)
+            dst[a] = slice(h0, h1)
+        acc[tuple(dst)] += t[tuple(src)]
+    return acc
+
+
+def _spatial_axes(n_batch: int, n_spatial: int, i: int, diagonal: bool) -> tuple[int, ...]:
+    """Axes of spatial dimension ``i`` in a tensor with ``n_batch`` leading batch axes."""
+    if diagonal:
+        return (n_batch + i,)
+    return (n_batch + i, n_batch + n_spatial + i)
+
+
+def _filter_map(t: torch.Tensor | None, n_batch: int, diagonal: bool, plans: list[tuple[int, int]],
+                window: Sequence[int], strides: Sequence[int], circular: bool) -> torch.Tensor | None:
+    """Apply the conv diagonal-filter sum (separably over dimensions) to a covariance tensor."""
+    if t is None:
+        return None
+    d = len(plans)
+    for i, (out_len, pad_lo) in enumerate(plans):
+        t = _shift_sum(t, _spatial_axes(n_batch, d, i, diagonal), window[i], strides[i], pad_lo, out_len,
+                       circular)
+    return t
+
+
+def _check_spatial_kernel(k: object, who: str, n_spatial: int) -> Kernel:
+    if isinstance(k, list):
+        raise ValueError(f"{who} needs a single input, got a list of branches (close them with a FanIn first)")
+    assert isinstance(k, Kernel)
+    if len(k.spatial_shape) != n_spatial:
+        if not k.spatial_shape:
+            raise ValueError(f"{who} needs spatial inputs (n, C, *S) with {n_spatial} spatial dimension(s); "
+                             f"got a flat/flattened kernel with per-example shape {k.shape}")
+        raise ValueError(f"{who} needs {n_spatial} spatial dimension(s), got per-example shape {k.shape}")
+    return k
+
+
+# ---- Conv -------------------------------------------------------------------------------------
+
+
+class _ConvModule(nn.Module):
+    """Finite convolution in the NTK or standard parameterisation, channels-first."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, w_scale: float, b_scale: float,
+                 strides: tuple[int, ...], pads: list[tuple[int, int]], circular: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
+        self.w_scale, self.b_scale = w_scale, b_scale
+        self.strides, self.circular = strides, circular
+        # F.pad wants (last_lo, last_hi, ..., first_lo, first_hi)
+        self._pad = tuple(v for lo_hi in reversed(pads) for v in lo_hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nd = self.weight.ndim - 2
+        if x.ndim != nd + 2:
+            raise ValueError(f"Conv expects inputs (n, C, *S) with {nd} spatial dims, got shape {tuple(x.shape)}")
+        if any(self._pad):
+            x = F.pad(x, self._pad, mode="circular" if self.circular else "constant")
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+        out = conv(x, self.weight, stride=self.strides)
+        if self.w_scale != 1.0:
+            out = out * self.w_scale
+        if self.bias is not None:
+            b = self.bias.reshape((1, -1) + (1,) * nd)
+            out = out + (b * self.b_scale if self.b_scale != 1.0 else b)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"weight={tuple(self.weight.shape)}, strides={self.strides}, circular={self.circular}"
+
+
+class Conv(Layer):
+    """Convolution over channels-first inputs ``(n, C, *S)``.
+
+    Parameters
+    ----------
+    out_chan : int
+        Output channels (overridden by ``width`` in :meth:`Layer.init` unless it is the readout).
+    filter_shape : int or tuple of int
+        Filter size per spatial dimension; its length sets the number of spatial dims.
+    strides : int or tuple of int, optional
+        Default 1.
+    padding : {"VALID", "SAME", "CIRCULAR"}
+        ``SAME`` follows TF/JAX: output size ``ceil(L / stride)``, padding split
+        with the extra element on the right/bottom. ``CIRCULAR`` wraps around.
+    W_std, b_std : float
+        Weight and bias scales; ``b_std=None`` means no bias.
+    parameterization : {"ntk", "standard"}
+        ``"ntk"``: weights ~ N(0, 1), output ``W_std / sqrt(C_in |filter|) * conv(x, W) + b_std * b``.
+        ``"standard"``: weights ~ N(0, W_std^2 / fan_in), output ``conv(x, W) + b``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit import layers as L
+    >>> arch = L.serial(L.Conv(8, (3, 3), padding="SAME"), L.Flatten())
+    >>> arch.kernel(torch.randn(2, 3, 5, 5), get="nngp").nngp.shape
+    torch.Size([2, 2])
+    """
+
+    is_affine = True
+
+    def __init__(self, out_chan: int, filter_shape: int | Sequence[int], strides: int | Sequence[int] | None = None,
+                 padding: str = "VALID", W_std: float = 1.0, b_std: float | None = None,
+                 parameterization: str = "ntk") -> None:
+        if int(out_chan) != out_chan or out_chan < 1:
+            raise ValueError(f"Conv: out_chan must be a positive integer, got {out_chan!r}")
+        self.out_chan = int(out_chan)
+        if isinstance(filter_shape, int):
+            filter_shape = (filter_shape,)
+        fs = tuple(filter_shape)
+        if not fs:
+            raise ValueError("Conv: filter_shape must have at least one spatial dimension")
+        self.filter_shape = _as_tuple(fs, len(fs), "Conv: filter_shape")
+        self.strides = _as_tuple(strides, len(fs), "Conv: strides", default=1)
+        self.padding = str(check_choice(str(padding).upper(), "Conv: padding", _PADDINGS))
+        self.W_std = check_nonnegative(W_std, "Conv: W_std")
+        self.b_std = None if b_std is None else check_nonnegative(b_std, "Conv: b_std")
+        self.parameterization = str(check_choice(parameterization, "Conv: parameterization", _PARAMS))
+
+    # ---- shapes ----
+    def _plans(self, shape: ShapeOrList) -> list[tuple[int, int]]:
+        if isinstance(shape, list):
+            raise ValueError("Conv needs a single input, got a list of branches (close them with a FanIn first)")
+        nd = len(self.filter_shape)
+        if len(shape) != nd + 1:
+            dims = {1: "(n, C, L)", 2: "(n, C, H, W)", 3: "(n, C, D, H, W)"}.get(nd, f"(n, C, *S) with {nd} spatial dims")
+            raise ValueError(f"Conv with a {nd}-D filter {self.filter_shape} needs inputs {dims} "
+                             f"(channels-first); got per-example shape {tuple(shape)}")
+        return _plan(shape[1:], self.filter_shape, self.strides, self.padding, "Conv: filter")
+
+    def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
+        plans = self._plans(shape)
+        return (self.out_chan,) + tuple(p[0] for p in plans)
+
+    # ---- kernel ----
+    def apply_kernel(self, k: KernelOrList) -> KernelOrList:
+        nd = len(self.filter_shape)
+        k = _check_spatial_kernel(k, "Conv", nd)
+        plans = self._plans(k.shape)
+        circ = self.padding == "CIRCULAR"
+        fsize = math.prod(self.filter_shape)
+        diag = k.diagonal_spatial
+
+        def fmap(t: torch.Tensor | None, n_batch: int) -> torch.Tensor | None:
+            out = _filter_map(t, n_batch, diag, plans, self.filter_shape, self.strides, circ)
+            return None if out is None else out.div_(fsize)
+
+        w2 = self.W_std ** 2
+        b2 = 0.0 if self.b_std is None else self.b_std ** 2
+        q = fmap(k.nngp, 2)
+        v1 = fmap(k.var1, 1)
+        v2 = v1 if k.var2 is k.var1 else fmap(k.var2, 1)
+        t = fmap(k.ntk, 2)
+        if self.parameterization == "ntk":
+            nngp = q.mul(w2).add_(b2) if q is not None else None
+            ntk = None if t is None or nngp is None else t.mul_(w2).add_(nngp)
+        else:
+            fan_in = k.channels * fsize
+            nngp = q.mul(w2).add_(b2) if q is not None else None
+            bias_g = 0.0 if self.b_std is None else 1.0
+            ntk = None if t is None or q is None else t.mul_(w2).add_(q, alpha=fan_in).add_(bias_g)
+        var1 = v1.mul_(w2).add_(b2)
+        var2 = var1 if v2 is v1 else v2.mul_(w2).add_(b2)
+        return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=self.output_shape(k.shape),
+                         is_gaussian=True)
+
+    def _bytes_per_pair(self, shape: ShapeOrList, full: bool, itemsize: int) -> tuple[float, ShapeOrList]:
+        out = self.output_shape(shape)
+        p_in = math.prod(shape[1:])
+        p_out = math.prod(out[1:])
+        if full:
+            cells = p_in * p_in + 2 * p_out * max(p_in, p_out) + 2 * p_out * p_out
+        else:
+            cells = p_in + 3 * p_out
+        # nngp and ntk, input and output, plus one intermediate of the separable pass
+        return float(2 * cells * itemsize), out
+
+    # ---- finite module ----
+    def build(self, shape: ShapeOrList, ctx: BuildContext) -> nn.Module:
+        plans = self._plans(shape)
+        c_in = shape[0]
+        c_out = ctx.out_channels(self, self.out_chan)
+        fan_in = c_in * math.prod(self.filter_shape)
+        if len(self.filter_shape) > 3:
+            raise ValueError("Conv: the finite module supports at most 3 spatial dimensions")
+        weight = ctx.normal(c_out, c_in, *self.filter_shape)
+        bias = None if self.b_std is None else ctx.normal(c_out)
+        pads = []
+        for L, f, s, (out_len, lo) in zip(shape[1:], self.filter_shape, self.strides, plans, strict=True):
+            need = max((out_len - 1) * s + f - L, 0) if self.padding != "VALID" else 0
+            pads.append((lo, need - lo))
+        if self.parameterization == "ntk":
+            w_scale = self.W_std / math.sqrt(fan_in)
+            b_scale = 0.0 if self.b_std is None else self.b_std
+        else:
+            weight = weight * (self.W_std / math.sqrt(fan_in))
+            if bias is not None:
+                bias = bias * self.b_std
+            w_scale, b_scale = 1.0, 1.0
+        return _ConvModule(weight, bias, w_scale, b_scale, self.strides, pads, self.padding == "CIRCULAR")
