@@ -225,6 +225,7 @@ class Context:
     k: int  # flattened outputs per example (after the optional projection)
     out_shape: tuple[int, ...]  # per-example output shape of the model
     proj: torch.Tensor | None = None  # (k, k_model) linear map applied to the flat outputs
+    frozen: dict[str, torch.Tensor] = field(default_factory=dict)  # all other parameters, detached
     randomness: str = "error"
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -246,7 +247,7 @@ class Context:
 
     def fn(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """``f(params, x)`` for a batch ``x``: flattened outputs of shape ``(n, k)``."""
-        return self.flat(functional_call(self.model, params, (x,)))
+        return self.flat(functional_call(self.model, {**self.frozen, **self.params, **params}, (x,)))
 
     def fn_single(self, params: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
         """``f(params, x_i)`` of one example (no batch axis): shape ``(k,)``."""
@@ -283,6 +284,7 @@ def make_context(
     return Context(
         model=model,
         params={n: p.detach() for n, p in sel.items()},
+        frozen={n: p.detach() for n, p in model.named_parameters() if n not in sel},
         k=k,
         out_shape=tuple(out.shape[1:]),
         proj=proj,

@@ -42,6 +42,8 @@ def empirical_ntk(
     if output in ("diagonal", "sample_diagonal") and x2 is not None:
         raise ValueError(f"output={output!r} gives the x = x' blocks of one batch; pass x2=None")
     ctx = make_context(model, x1, sel, allow_train_mode=allow_train_mode)
-    from . import jacobian
+    from . import jacobian, structured
 
+    if method == "structured":
+        return structured.compute(ctx, x1, x2, output, batch_size, memory_budget, progress)
     return jacobian.compute(ctx, x1, x2, output, batch_size, memory_budget, progress)
