@@ -1,0 +1,22 @@
+"""Kernels and solves beyond one machine's memory (see ``docs/scaling.md``).
+
+* :func:`kernel` — kernel matrices sharded over ``torch.distributed`` ranks
+  into a resumable on-disk :class:`KernelStore`;
+* :func:`cg_solve` / :class:`KernelOperator` — preconditioned conjugate
+  gradients for ``(K + λI) α = y`` where each rank multiplies only its rows;
+  preconditioners :func:`pivoted_cholesky` and :func:`nystrom_factor`.
+"""
+
+from ._store import KernelStore, StoreMismatch
+from .cg import (
+    CGResult,
+    KernelOperator,
+    LowRankPreconditioner,
+    cg_solve,
+    nystrom_factor,
+    pivoted_cholesky,
+)
+from .kernel import kernel, row_block_owner
+
+__all__ = ["kernel", "row_block_owner", "KernelStore", "StoreMismatch", "cg_solve", "CGResult",
+           "KernelOperator", "LowRankPreconditioner", "pivoted_cholesky", "nystrom_factor"]
