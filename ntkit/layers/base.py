@@ -91,6 +91,13 @@ class Layer:
             return True
         return downstream_affine
 
+    def _actual_shape(self, shape: ShapeOrList, ctx: BuildContext) -> ShapeOrList:
+        """Output shape of the *built* module given its actual input shape (``width`` overrides channels)."""
+        out = self.output_shape(shape)
+        if self.is_affine and isinstance(out, tuple):
+            out = (ctx.out_channels(self, out[0]),) + tuple(out[1:])
+        return out
+
     def _bytes_per_pair(self, shape: ShapeOrList, full: bool, itemsize: int) -> tuple[float, ShapeOrList]:
         """Rough working memory per input pair at this layer, and the output shape."""
         out = self.output_shape(shape)
@@ -296,8 +303,13 @@ class Serial(Layer):
         mods = []
         for layer in self.layers:
             mods.append(layer.build(shape, ctx))
-            shape = layer.output_shape(shape)
+            shape = layer._actual_shape(shape, ctx)
         return _Serial(mods)
+
+    def _actual_shape(self, shape: ShapeOrList, ctx: BuildContext) -> ShapeOrList:
+        for layer in self.layers:
+            shape = layer._actual_shape(shape, ctx)
+        return shape
 
     def needs_full_spatial(self, full_out: bool) -> bool:
         for layer in reversed(self.layers):
@@ -376,6 +388,10 @@ class Parallel(Layer):
     def build(self, shape: ShapeOrList, ctx: BuildContext) -> nn.Module:
         self._check(shape, "inputs")
         return _Parallel([layer.build(s, ctx) for layer, s in zip(self.layers, shape, strict=True)])
+
+    def _actual_shape(self, shape: ShapeOrList, ctx: BuildContext) -> ShapeOrList:
+        self._check(shape, "inputs")
+        return [layer._actual_shape(s, ctx) for layer, s in zip(self.layers, shape, strict=True)]
 
     def needs_full_spatial(self, full_out: bool) -> bool:
         return any(layer.needs_full_spatial(full_out) for layer in self.layers)
