@@ -367,16 +367,21 @@ def run_blocks(
     xb = x1 if symmetric else x2
     n2 = xb.shape[0]
     b1, b2 = plan_blocks(n1, n2, bytes_per_pair, budget, batch_size, bytes_per_row)
-    state: dict[str, Any] = {"key": None, "feat": None}
+    cache: dict[tuple[str, int, int], Any] = {}  # the two most recent feature blocks
+
+    def feat(which: str, x: torch.Tensor, sl: slice) -> Any:
+        key = (which, sl.start, sl.stop)
+        if key in cache:
+            cache[key] = cache.pop(key)  # mark as most recent
+            return cache[key]
+        while len(cache) >= 2:
+            cache.pop(next(iter(cache)))
+        cache[key] = features(x[sl])
+        return cache[key]
 
     def tile(s1: slice, s2: slice) -> torch.Tensor:
-        k1 = (s1.start, s1.stop)
-        if state["key"] != k1:
-            state["feat"] = None  # free the previous row block first
-            state["feat"] = features(x1[s1])
-            state["key"] = k1
-        f1 = state["feat"]
-        f2 = f1 if (symmetric and (s2.start, s2.stop) == k1) else features(xb[s2])
+        f1 = feat("x1", x1, s1)
+        f2 = feat("x1" if symmetric else "x2", xb, s2)
         return pair(f1, f2)
 
     return tiled(tile, n1, n2, b1, b2, symmetric=symmetric, progress=progress, desc=desc)
