@@ -1,0 +1,305 @@
+"""Generic machinery of elementwise activations ``φ`` in the infinite-width limit.
+
+For every entry of a kernel the two pre-activations ``(u, v)`` are treated as
+a centred Gaussian pair with covariance ``[[v1, c], [c, v2]]``: ``c`` is the
+entry of ``nngp`` and ``v1``, ``v2`` the variances of its two factors (from
+:func:`~ntkit.layers.kernel.cross_variances`, for any layout). An activation
+maps
+
+* ``nngp -> T(c, v1, v2) = E[φ(u) φ(v)]``;
+* ``ntk  -> Ṫ(c, v1, v2) * ntk`` with ``Ṫ = E[φ'(u) φ'(v)] = ∂T/∂c`` (Price's
+  theorem); the NNGP term of the NTK recursion is added by the next affine layer;
+* ``var1``/``var2`` (self covariances) with the same ``T``; for flat and
+  diagonal layouts each entry is a variance and ``T(v, v, v)`` has a cheaper
+  dedicated formula.
+
+The closed forms are exact when the input of the activation *is* a centred
+Gaussian process (``Kernel.is_gaussian``, true after ``Dense``/``Conv``).
+Applied to a non-Gaussian kernel (raw inputs, or right after another
+activation) they are computed anyway, treating the tracked covariance as that
+of a Gaussian — which is what the infinite-width limit of the *preceding*
+architecture would need, not what the finite network computes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import BuildContext, KernelOrList, Layer, ShapeOrList
+from .kernel import Kernel, cross_variances, self_variances
+
+__all__ = ["Elementwise", "ElementwiseNumerical"]
+
+KernelFnOut = tuple[torch.Tensor, torch.Tensor | None]
+
+
+class _ActivationModule(nn.Module):
+    """Finite elementwise activation."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> None:
+        super().__init__()
+        self.fn = fn
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class ElementwiseLayer(Layer):
+    """Base class of elementwise activations (override ``fn`` and ``kernel_fn``).
+
+    Subclasses implement
+
+    * ``fn(x)``: the activation on a tensor (used by the finite module);
+    * ``kernel_fn(c, v1, v2, need_dot)`` returning ``(T, Ṫ)`` (``Ṫ`` may be
+      ``None`` when ``need_dot`` is false), broadcasting over the three
+      tensors; the results may share memory with nothing the caller owns;
+    * optionally ``diag_fn(v)``: ``T(v, v, v)``.
+    """
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def kernel_fn(self, c: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, need_dot: bool) -> KernelFnOut:
+        raise NotImplementedError
+
+    def diag_fn(self, v: torch.Tensor) -> torch.Tensor:
+        return self.kernel_fn(v, v, v, False)[0]
+
+    # ---- Layer protocol ------------------------------------------------------------------
+    def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
+        if isinstance(shape, list):
+            raise ValueError(f"{type(self).__name__} needs a single input, got a list of branches "
+                             "(close them with a FanIn first)")
+        return tuple(shape)
+
+    def _bytes_per_pair(self, shape: ShapeOrList, full: bool, itemsize: int) -> tuple[float, ShapeOrList]:
+        s = self.output_shape(shape)
+        p = math.prod(s[1:]) if len(s) > 1 else 1
+        cells = p * p if (full and len(s) > 1) else p
+        # nngp + ntk in, T + Ṫ + one temporary out
+        return float(5 * cells * itemsize), s
+
+    def apply_kernel(self, k: KernelOrList) -> KernelOrList:
+        name = type(self).__name__
+        if isinstance(k, list):
+            raise ValueError(f"{name} needs a single input, got a list of branches (close them with a FanIn first)")
+        if k.nngp is None:
+            raise ValueError(f"{name}: the input kernel has no NNGP; activations need it")
+        v1, v2 = cross_variances(k)
+        need_dot = k.ntk is not None
+        t, tdot = self.kernel_fn(k.nngp, v1, v2, need_dot)
+        t = _full_shape(t, k.nngp)
+        ntk = None
+        if need_dot:
+            if tdot is None:
+                raise RuntimeError(f"{name}.kernel_fn returned no derivative although the NTK was requested")
+            if (tdot.shape == k.ntk.shape and tdot.is_contiguous() and tdot.dtype == k.ntk.dtype
+                    and tdot.data_ptr() != k.ntk.data_ptr()):
+                ntk = tdot.mul_(k.ntk)
+            else:
+                ntk = k.ntk * tdot
+        var1 = self._map_self(k.var1, k)
+        var2 = var1 if k.var2 is k.var1 else self._map_self(k.var2, k)
+        return k.replace(nngp=t, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
+
+    def _map_self(self, var: torch.Tensor, k: Kernel) -> torch.Tensor:
+        d = len(k.spatial_shape)
+        if d == 0 or k.diagonal_spatial:
+            return _full_shape(self.diag_fn(var), var)
+        va, vb = self_variances(var, False, d)
+        return _full_shape(self.kernel_fn(var, va, vb, False)[0], var)
+
+    def build(self, shape: ShapeOrList, ctx: BuildContext) -> nn.Module:
+        self.output_shape(shape)
+        return _ActivationModule(self.fn, repr(self))
+
+
+def _full_shape(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Make sure a kernel_fn result has the shape/dtype of the tensor it replaces."""
+    if t.shape != like.shape:
+        t = t.expand(like.shape).clone()
+    if t.dtype != like.dtype:
+        t = t.to(like.dtype)
+    return t
+
+
+def _grad_wrt_c(fn: Callable[..., torch.Tensor], c: torch.Tensor, v1: torch.Tensor,
+                v2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(T, ∂T/∂c)`` by autograd, for ``T = fn(c, v1, v2)`` elementwise in ``c``."""
+    with torch.enable_grad():
+        cc = c.detach().clone().requires_grad_(True)
+        t = fn(cc, v1.detach(), v2.detach())
+        t = t.expand(torch.broadcast_shapes(t.shape, cc.shape))
+        (g,) = torch.autograd.grad(t.sum(), cc, allow_unused=True)
+    if g is None:
+        g = torch.zeros_like(c)
+    return t.detach().clone(), g.detach()
+
+
+class Elementwise(ElementwiseLayer):
+    """An activation given by the user with its own NNGP formula.
+
+    Parameters
+    ----------
+    fn : callable
+        The activation on a tensor (the finite network's nonlinearity).
+    nngp_fn : callable
+        ``nngp_fn(c, v1, v2) = E[fn(u) fn(v)]`` for a centred Gaussian pair with
+        variances ``v1``, ``v2`` and covariance ``c`` (torch tensors, broadcasting).
+    d_nngp_fn : callable, optional
+        ``E[fn'(u) fn'(v)]`` with the same signature. By default it is
+        ``∂ nngp_fn / ∂c`` computed by autograd (Price's theorem), so
+        ``nngp_fn`` must then be written with differentiable torch operations.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit import layers as L
+    >>> identity = L.Elementwise(lambda x: x, lambda c, v1, v2: c)
+    >>> x = torch.randn(3, 4, dtype=torch.float64)
+    >>> k = L.serial(L.Dense(8), identity, L.Dense(1)).kernel(x)
+    >>> torch.allclose(k.ntk, 2 * x @ x.T / 4)
+    True
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor],
+                 nngp_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                 d_nngp_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                 ) -> None:
+        for name, f in (("fn", fn), ("nngp_fn", nngp_fn)):
+            if not callable(f):
+                raise TypeError(f"Elementwise: {name} must be callable, got {type(f).__name__}")
+        if d_nngp_fn is not None and not callable(d_nngp_fn):
+            raise TypeError(f"Elementwise: d_nngp_fn must be callable or None, got {type(d_nngp_fn).__name__}")
+        self._user_fn = fn
+        self._nngp_fn = nngp_fn
+        self._d_nngp_fn = d_nngp_fn
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return self._user_fn(x)
+
+    def kernel_fn(self, c: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, need_dot: bool) -> KernelFnOut:
+        if not need_dot:
+            return _as_tensor_like(self._nngp_fn(c, v1, v2), c), None
+        if self._d_nngp_fn is not None:
+            return _as_tensor_like(self._nngp_fn(c, v1, v2), c), _as_tensor_like(self._d_nngp_fn(c, v1, v2), c)
+        return _grad_wrt_c(self._nngp_fn, c, v1, v2)
+
+    def __repr__(self) -> str:
+        return f"Elementwise(fn={getattr(self._user_fn, '__name__', 'fn')})"
+
+
+def _as_tensor_like(t: object, like: torch.Tensor) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    return t.expand(torch.broadcast_shapes(t.shape, like.shape)).clone()
+
+
+class ElementwiseNumerical(ElementwiseLayer):
+    """Any activation, with its kernels by 2-D Gauss–Hermite quadrature.
+
+    For each kernel entry the Gaussian pair is written ``u = sqrt(v1) z1``,
+    ``v = (c / sqrt(v1)) z1 + sqrt(v2 - c²/v1) z2`` (Cholesky of the 2x2
+    covariance) and ``E[g(u) g(v)]`` is a ``deg x deg`` probabilists'
+    Gauss–Hermite sum; ``g`` is ``fn`` for the NNGP and ``fn'`` (by autograd)
+    for the NTK. Cost ``O(deg²)`` function evaluations per entry, done in
+    chunks to bound memory.
+
+    Accuracy: Gauss–Hermite of degree ``deg`` is exact for polynomials of
+    degree ``< 2 deg`` and converges exponentially for smooth (analytic)
+    activations — ``Erf``/``tanh``/``GELU`` reach float64 round-off by
+    ``deg≈50``. For kinked activations (ReLU: a kink; its derivative a jump)
+    convergence is only algebraic: measured max abs. error on unit-variance
+    inputs vs the closed forms (``tests/layers/test_activations.py``
+    prints/check them): ReLU NNGP ≈ 1e-4 / 2e-5 / 3e-6 at deg 25/50/100 and
+    the ReLU NTK (a step function) ≈ 1e-2 / 5e-3 / 2.5e-3. Prefer a closed
+    form when one exists.
+
+    Parameters
+    ----------
+    fn : callable
+        Elementwise activation written with differentiable torch operations.
+    deg : int
+        Quadrature degree per dimension (default 25).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit import layers as L
+    >>> arch = L.serial(L.Dense(16), L.ElementwiseNumerical(torch.tanh, deg=30), L.Dense(1))
+    >>> arch.kernel(torch.randn(3, 2, dtype=torch.float64)).ntk.shape
+    torch.Size([3, 3])
+    """
+
+    _CHUNK = 1 << 21  # quadrature points evaluated at once
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], deg: int = 25) -> None:
+        if not callable(fn):
+            raise TypeError(f"ElementwiseNumerical: fn must be callable, got {type(fn).__name__}")
+        if isinstance(deg, bool) or int(deg) != deg or deg < 1:
+            raise ValueError(f"ElementwiseNumerical: deg must be a positive integer, got {deg!r}")
+        self._user_fn = fn
+        self.deg = int(deg)
+        z, w = np.polynomial.hermite_e.hermegauss(self.deg)
+        self._z = torch.as_tensor(z, dtype=torch.float64)
+        self._w = torch.as_tensor(w / math.sqrt(2 * math.pi), dtype=torch.float64)
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return self._user_fn(x)
+
+    def _dfn(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            y = self._user_fn(xx)
+            (g,) = torch.autograd.grad(y.sum(), xx, allow_unused=True)
+        return torch.zeros_like(x) if g is None else g.detach()
+
+    def _quad2(self, g: Callable[[torch.Tensor], torch.Tensor], c: torch.Tensor, v1: torch.Tensor,
+               v2: torch.Tensor) -> torch.Tensor:
+        shape = torch.broadcast_shapes(c.shape, v1.shape, v2.shape)
+        cf, a1, a2 = (t.expand(shape).reshape(-1) for t in (c, v1, v2))
+        z = self._z.to(dtype=c.dtype, device=c.device)
+        w = self._w.to(dtype=c.dtype, device=c.device)
+        s1 = a1.clamp_min(0).sqrt()
+        safe = torch.where(s1 > 0, s1, torch.ones_like(s1))
+        r = torch.where(s1 > 0, cf / safe, torch.zeros_like(cf))  # c / sqrt(v1)
+        s2 = (a2 - r * r).clamp_min(0).sqrt()
+        out = torch.empty_like(cf)
+        d = self.deg
+        step = max(1, self._CHUNK // (d * d))
+        for i in range(0, cf.numel(), step):
+            sl = slice(i, i + step)
+            u = s1[sl, None] * z  # (m, d)
+            gu = g(u)  # (m, d)
+            v = (r[sl, None, None] * z[None, :, None]) + s2[sl, None, None] * z[None, None, :]  # (m, d, d)
+            gv = g(v) @ w  # (m, d)
+            out[sl] = (gu * gv) @ w
+        return out.reshape(shape)
+
+    def kernel_fn(self, c: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, need_dot: bool) -> KernelFnOut:
+        t = self._quad2(self.fn, c, v1, v2)
+        td = self._quad2(self._dfn, c, v1, v2) if need_dot else None
+        return t, td
+
+    def diag_fn(self, v: torch.Tensor) -> torch.Tensor:
+        z = self._z.to(dtype=v.dtype, device=v.device)
+        w = self._w.to(dtype=v.dtype, device=v.device)
+        flat = v.reshape(-1).clamp_min(0).sqrt()
+        out = torch.empty_like(flat)
+        step = max(1, self._CHUNK // self.deg)
+        for i in range(0, flat.numel(), step):
+            gu = self.fn(flat[i:i + step, None] * z)
+            out[i:i + step] = (gu * gu) @ w
+        return out.reshape(v.shape)
+
+    def __repr__(self) -> str:
+        return f"ElementwiseNumerical(fn={getattr(self._user_fn, '__name__', 'fn')}, deg={self.deg})"
