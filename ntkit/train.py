@@ -270,7 +270,7 @@ def train(
     def take_record(k: int, out: torch.Tensor, loss_val: torch.Tensor) -> None:
         nonlocal ys_m
         rows["steps"].append(k)
-        rows["loss"].append(float(loss_val))
+        rows["loss"].append(float(loss_val.detach()))
         if "outputs" in rec_set:
             rows["out"].append(out.detach().clone())
         if xs is not None and ("outputs" in rec_set or y_test is not None):
