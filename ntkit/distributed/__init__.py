@@ -4,10 +4,13 @@
   into a resumable on-disk :class:`KernelStore`;
 * :func:`cg_solve` / :class:`KernelOperator` — preconditioned conjugate
   gradients for ``(K + λI) α = y`` where each rank multiplies only its rows;
-  preconditioners :func:`pivoted_cholesky` and :func:`nystrom_factor`.
+  preconditioners :func:`pivoted_cholesky` and :func:`nystrom_factor`;
+* :func:`nystrom`, :func:`relu_random_features` — single-machine
+  low-rank approximations ``K ≈ ΦΦᵀ`` with O(n r) memory.
 """
 
 from ._store import KernelStore, StoreMismatch
+from .approx import FeatureApproximation, ntk_relu_fc, nystrom, relu_random_features
 from .cg import (
     CGResult,
     KernelOperator,
@@ -19,4 +22,5 @@ from .cg import (
 from .kernel import kernel, row_block_owner
 
 __all__ = ["kernel", "row_block_owner", "KernelStore", "StoreMismatch", "cg_solve", "CGResult",
-           "KernelOperator", "LowRankPreconditioner", "pivoted_cholesky", "nystrom_factor"]
+           "KernelOperator", "LowRankPreconditioner", "pivoted_cholesky", "nystrom_factor",
+           "nystrom", "relu_random_features", "ntk_relu_fc", "FeatureApproximation"]
