@@ -121,6 +121,8 @@ def _match_targets(y: Any, out: torch.Tensor, loss_name: str, name: str) -> torc
     y = y.to(out.device)
     if y.shape[0] != out.shape[0]:
         raise ValueError(f"{name} has {y.shape[0]} rows but the model produced {out.shape[0]} outputs")
+    if loss_name == "callable":
+        return y.to(out.dtype) if y.is_floating_point() else y
     if loss_name == "cross_entropy":
         if not y.is_floating_point():
             return y.long()
@@ -280,7 +282,8 @@ def train(
                 rows["tout"].append(tout.detach().clone())
             if y_test is not None:
                 if ys_m is None:
-                    ys_m = _match_targets(y_test, tout, loss_name, "y_test")
+                    ys_m = _match_targets(y_test, tout, loss_name if isinstance(loss, str) else "callable",
+                                          "y_test")
                 with torch.no_grad():
                     rows["tloss"].append(float(loss_f(tout, ys_m)))
         if "distance" in rec_set:
@@ -303,7 +306,7 @@ def train(
         opt.zero_grad(set_to_none=True)
         out = model(xt)
         if y_m is None:
-            y_m = _match_targets(y, out, loss_name, "y")
+            y_m = _match_targets(y, out, loss_name if isinstance(loss, str) else "callable", "y")
         lv = loss_f(out, y_m)
         if lv.numel() != 1:
             raise ValueError("loss(f, y) must return a scalar")
@@ -311,7 +314,7 @@ def train(
             take_record(k, out, lv)
         if not bool(torch.isfinite(lv)):
             diverged = True
-            warnings.warn(f"training diverged: the loss is {float(lv)} at step {k}; stopping", RuntimeWarning,
+            warnings.warn(f"training diverged: the loss is {float(lv.detach())} at step {k}; stopping", RuntimeWarning,
                           stacklevel=2)
             break
         lv.backward()
@@ -320,7 +323,7 @@ def train(
         with torch.no_grad():
             out = model(xt)
             if y_m is None:
-                y_m = _match_targets(y, out, loss_name, "y")
+                y_m = _match_targets(y, out, loss_name if isinstance(loss, str) else "callable", "y")
             lv = loss_f(out, y_m)
         if not rows["steps"] or rows["steps"][-1] != steps:
             take_record(steps, out, lv)
