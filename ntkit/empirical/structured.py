@@ -525,14 +525,23 @@ def compute(
     memory_budget: int | str | None,
     progress: bool,
     plan: StructuredPlan | None = None,
+    force_strategy: str | None = None,
 ) -> torch.Tensor:
-    """The empirical NTK from layer structure (see :func:`ntkit.empirical_ntk`)."""
+    """The empirical NTK from layer structure (see :func:`ntkit.empirical_ntk`).
+
+    ``force_strategy`` ("pair" or "jac") overrides the FLOP-based choice for
+    multi-position layers (for tests).
+    """
     full = output in ("full", "diagonal")
     diagonal_only = output in ("diagonal", "sample_diagonal")
     if plan is None:
         plan = analyse(ctx, x1)
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
     choose_strategies(plan, x1.shape[0], n2, ctx.k, full, diagonal_only)
+    if force_strategy is not None:
+        for site in plan.sites:
+            if site.kind not in _NORM_KINDS and site.weight is not None and site.T > 1:
+                site.strategy = force_strategy
     _, per_row, per_pair = site_costs(plan, x1.shape[0], n2, ctx.k, full, diagonal_only)
     s = ctx.itemsize
     per_pair += ctx.k * ctx.k if full else 1
