@@ -109,6 +109,14 @@ class ElementwiseLayer(Layer):
                 ntk = k.ntk * tdot
         var1 = self._map_self(k.var1, k)
         var2 = var1 if k.var2 is k.var1 else self._map_self(k.var2, k)
+        if k.x1_is_x2 and k.n1 == k.n2 and t.ndim >= 2 and t.shape[0] == t.shape[1] == k.n1:
+            # entries (i, i, ...) pair an input with itself: correlation exactly 1 at equal positions.
+            # Rounding in the inputs' Gram matrix perturbs ρ by ~eps, which moves θ = arccos ρ by
+            # ~sqrt(eps) for kinked activations; use the self-covariance maps there instead.
+            torch.diagonal(t, 0, 0, 1).copy_(var1.movedim(0, -1))
+            if ntk is not None:
+                td_self = self._dot_self(k.var1, k)
+                torch.diagonal(ntk, 0, 0, 1).copy_(torch.diagonal(k.ntk, 0, 0, 1) * td_self.movedim(0, -1))
         return k.replace(nngp=t, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
 
     def _map_self(self, var: torch.Tensor, k: Kernel) -> torch.Tensor:
@@ -117,6 +125,17 @@ class ElementwiseLayer(Layer):
             return _full_shape(self.diag_fn(var), var)
         va, vb = self_variances(var, False, d)
         return _full_shape(self.kernel_fn(var, va, vb, False)[0], var)
+
+    def _dot_self(self, var: torch.Tensor, k: Kernel) -> torch.Tensor:
+        """``Ṫ`` of each input with itself, laid out like ``var``."""
+        d = len(k.spatial_shape)
+        if d == 0 or k.diagonal_spatial:
+            td = self.kernel_fn(var, var, var, True)[1]
+        else:
+            va, vb = self_variances(var, False, d)
+            td = self.kernel_fn(var, va, vb, True)[1]
+        assert td is not None
+        return _full_shape(td, var)
 
     def build(self, shape: ShapeOrList, ctx: BuildContext) -> nn.Module:
         self.output_shape(shape)
@@ -214,15 +233,17 @@ class ElementwiseNumerical(ElementwiseLayer):
     for the NTK. Cost ``O(deg²)`` function evaluations per entry, done in
     chunks to bound memory.
 
-    Accuracy: Gauss–Hermite of degree ``deg`` is exact for polynomials of
-    degree ``< 2 deg`` and converges exponentially for smooth (analytic)
-    activations — ``Erf``/``tanh``/``GELU`` reach float64 round-off by
-    ``deg≈50``. For kinked activations (ReLU: a kink; its derivative a jump)
-    convergence is only algebraic: measured max abs. error on unit-variance
-    inputs vs the closed forms (``tests/layers/test_activations.py``
-    prints/check them): ReLU NNGP ≈ 1e-4 / 2e-5 / 3e-6 at deg 25/50/100 and
-    the ReLU NTK (a step function) ≈ 1e-2 / 5e-3 / 2.5e-3. Prefer a closed
-    form when one exists.
+    Accuracy (measured, max abs. error over correlations ``ρ ∈ [-1, 1]`` with
+    unit variances, against the closed forms; checked in
+    ``tests/layers/test_activations.py``): Gauss–Hermite of degree ``deg`` is
+    exact for polynomials of degree ``< 2 deg`` and converges exponentially
+    for smooth activations — ``Erf`` NNGP/NTK errors 2.5e-6/3.8e-5 at deg 25,
+    5e-11/1.5e-9 at deg 50, 2e-16/7e-16 at deg 100; ``Gelu`` 5e-9/6e-8 at
+    deg 25 and round-off from deg 50. For kinked activations convergence is
+    slow because the kink is not aligned with the nodes: ``Relu`` NNGP
+    1.0e-2 / 2.6e-3 / 1.3e-3 at deg 25 / 50 / 100 and its NTK (a step function)
+    1.2e-1 / 3.1e-2 / 2.1e-2. Use a closed form when one exists, and a large
+    ``deg`` for activations with kinks.
 
     Parameters
     ----------
@@ -260,6 +281,8 @@ class ElementwiseNumerical(ElementwiseLayer):
         with torch.enable_grad():
             xx = x.detach().requires_grad_(True)
             y = self._user_fn(xx)
+            if not y.requires_grad:  # constant activation
+                return torch.zeros_like(x)
             (g,) = torch.autograd.grad(y.sum(), xx, allow_unused=True)
         return torch.zeros_like(x) if g is None else g.detach()
 

@@ -79,7 +79,8 @@ def _sin_theta_scaled(c: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor) -> to
     s = v1 * v2
     if s.shape != torch.broadcast_shapes(s.shape, c.shape):
         s = s.expand(torch.broadcast_shapes(s.shape, c.shape)).clone()
-    return s.addcmul_(c, c, value=-1.0).clamp_min_(0.0).sqrt_()
+    # plain subtract (no fused multiply-add): exactly 0 when c == v1 == v2, so θ = 0 on diagonals
+    return s.sub_(c * c).clamp_min_(0.0).sqrt_()
 
 
 # ---- ReLU family ------------------------------------------------------------------------------
@@ -680,6 +681,10 @@ class RectifiedMonomial(ElementwiseLayer):
         theta = torch.atan2(ssin, c)
         rho, sin = torch.cos(theta), torch.sin(theta)
         t = self._t(d, rho, theta, sin, prod)
+        if d == 0:  # zero variance: 1(0 > 0) = 0
+            zero = prod == 0
+            if bool(zero.any()):
+                t = t.masked_fill_(zero, 0.0)
         tdot = None
         if need_dot:
             tdot = self._t(d - 1, rho, theta, sin, prod).mul_(d * d) if d >= 1 else torch.zeros_like(t)
@@ -689,7 +694,7 @@ class RectifiedMonomial(ElementwiseLayer):
         # E[relu(u)^{2d}] = v^d (2d - 1)!! / 2  (1/2 for d = 0)
         d = self.degree
         dfact = math.prod(range(2 * d - 1, 0, -2)) if d else 1
-        return v.pow(d) * (dfact / 2) if d else torch.full_like(v, 0.5)
+        return v.pow(d) * (dfact / 2) if d else (v > 0).to(v.dtype) * 0.5
 
     def __repr__(self) -> str:
         return f"RectifiedMonomial(degree={self.degree})"
