@@ -62,6 +62,7 @@ __all__ = ["NTKRegressor", "NTKClassifier", "NTKKernel", "fc_relu_kernel", "fc_r
 _KERNELS = ("ntk", "nngp")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 _TWO_PI = 2.0 * math.pi
+_SQRT2 = math.sqrt(2.0)
 
 
 # ---- arc-cosine maps with safe derivatives ------------------------------------------------
@@ -195,7 +196,7 @@ def fc_relu_kernel(
     x2: Any = None,
     *,
     depth: int = 2,
-    W_std: float | torch.Tensor = math.sqrt(2.0),
+    W_std: float | torch.Tensor = _SQRT2,
     b_std: float | torch.Tensor = 0.1,
     n_fixed_layers: int = 0,
     kernel: str = "ntk",
@@ -260,7 +261,7 @@ def fc_relu_kernel_grid(
     x2: Any = None,
     *,
     max_depth: int = 5,
-    W_std: float = math.sqrt(2.0),
+    W_std: float = _SQRT2,
     b_std: float = 0.1,
     dtype: torch.dtype = torch.float64,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -436,7 +437,7 @@ class NTKRegressor(RegressorMixin, _NTKBase):
     True
     """
 
-    def __init__(self, arch: Any = None, depth: int = 2, W_std: float = math.sqrt(2.0), b_std: float = 0.1,
+    def __init__(self, arch: Any = None, depth: int = 2, W_std: float = _SQRT2, b_std: float = 0.1,
                  kernel: str = "ntk", n_fixed_layers: int = 0, t: float | None = None, diag_reg: float = 1e-6,
                  learning_rate: float = 1.0, normalize_y: bool = False, dtype: str = "float64") -> None:
         self.arch = arch
@@ -517,7 +518,7 @@ class NTKClassifier(ClassifierMixin, _NTKBase):
     True
     """
 
-    def __init__(self, arch: Any = None, depth: int = 2, W_std: float = math.sqrt(2.0), b_std: float = 0.1,
+    def __init__(self, arch: Any = None, depth: int = 2, W_std: float = _SQRT2, b_std: float = 0.1,
                  kernel: str = "ntk", n_fixed_layers: int = 0, t: float | None = None, diag_reg: float = 1e-6,
                  learning_rate: float = 1.0, solver: str = "kernel_regression", C: float = 1.0,
                  dtype: str = "float64") -> None:
