@@ -194,6 +194,11 @@ def prepare_inputs(
         if x is None:
             out.append(None)
             continue
+        if isinstance(x, torch.Tensor) and x.device != ref.device:
+            raise ValueError(
+                f"{name} is on device {x.device} but the model's parameters are on {ref.device}; "
+                f"move it with {name}.to({str(ref.device)!r})"
+            )
         t = as_input_tensor(x, name, allow_integer=True)
         if t.is_floating_point():
             if t.dtype != ref.dtype:
@@ -203,11 +208,7 @@ def prepare_inputs(
                 )
         elif not emb:
             t = t.to(ref.dtype)
-        if t.device != ref.device:
-            raise ValueError(
-                f"{name} is on device {t.device} but the model's parameters are on {ref.device}; "
-                f"move it with {name}.to({str(ref.device)!r})"
-            )
+        t = t.to(ref.device)  # numpy inputs arrive on the CPU
         out.append(t)
     if out[1] is not None:
         check_feature_shapes_match(out[0], out[1], "x1", "x2")

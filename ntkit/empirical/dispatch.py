@@ -9,7 +9,7 @@ for the diagonal outputs), ``kk = k²`` for full blocks and ``k`` for traces:
 
 * ``jacobian``:  ``R·k·3F + Q·kk·P``; smallest tile needs ``2 × 2.5·k·P`` numbers
   (the Jacobians of one row and one column);
-* ``ntvp``:      ``R·k·3F + Q·k·3F``; smallest tile needs ``3·k·P`` numbers;
+* ``ntvp``:      ``R·k·3F + Q·k·3F``; smallest tile needs ``3·P`` numbers (one column);
 * ``structured``: ``R·(1 + 2k)·F`` for the output gradients, plus each
   layer's contraction (``Q·(d_in + kk·d_out)`` for a dense layer, the cheaper
   of the pairwise and per-example-gradient forms for layers with several
@@ -89,7 +89,7 @@ def estimate_costs(
     jac_tile = (1 if diag else 2) * 2.5 * k * P * itemsize
     out = {
         "jacobian": MethodCost("jacobian", rows * k * 3 * F + pairs * kk * P, jac_tile),
-        "ntvp": MethodCost("ntvp", rows * k * 3 * F + pairs * k * 3 * F, 3.0 * k * P * itemsize),
+        "ntvp": MethodCost("ntvp", rows * k * 3 * F + pairs * k * 3 * F, 3.0 * P * itemsize),
     }
     if structured_flops is not None:
         out["structured"] = MethodCost("structured", float(structured_flops), float(structured_min_bytes or 0.0))

@@ -5,7 +5,8 @@
   parameter-shaped vector) and one forward-mode pass over ``x1`` (``J1 u``).
 * :func:`compute` builds the whole kernel from products with the basis
   vectors ``e_(j, b)`` of the ``n2·k`` columns, a chunk of columns at a time
-  (vmapped): only ``chunk · P`` numbers of parameter space are alive at once.
+  (vmapped): only ``cols · P`` numbers of parameter space are alive at once
+  (``cols`` from the memory budget, down to a single column).
   Cost ``≈ n1 n2 k`` forward-mode passes of one example — attractive when
   ``P`` is huge and ``n k`` small, or for ``output="full"`` with many outputs.
 """
@@ -32,10 +33,15 @@ from ._common import (
 __all__ = ["NTKOperator", "ntk_vector_product", "compute"]
 
 
-def _tile(ctx: Context, xa: torch.Tensor, xb: torch.Tensor, full: bool, chunk: int) -> torch.Tensor:
-    """Θ between blocks ``xa`` (rows) and ``xb`` (columns) from basis-vector products."""
+def _tile(ctx: Context, xa: torch.Tensor, xb: torch.Tensor, full: bool, cols: int) -> torch.Tensor:
+    """Θ between blocks ``xa`` (rows) and ``xb`` (columns) from basis-vector products.
+
+    At most ``cols`` columns ``e_(j, b)`` (hence ``cols`` parameter-sized vectors)
+    are alive at once: whole examples (all ``k`` outputs) when ``cols >= k``,
+    else slices of one example's outputs.
+    """
     n1, n2, k = xa.shape[0], xb.shape[0], ctx.k
-    out = xa.new_empty((n1, n2, k, k) if full else (n1, n2), dtype=ctx.dtype)
+    out = xa.new_zeros((n1, n2, k, k) if full else (n1, n2), dtype=ctx.dtype)
 
     def f_rows(p: dict[str, torch.Tensor]) -> torch.Tensor:
         return ctx.fn(p, xa)
@@ -44,19 +50,29 @@ def _tile(ctx: Context, xa: torch.Tensor, xb: torch.Tensor, full: bool, chunk: i
         return jvp(f_rows, (ctx.params,), (t,))[1]
 
     eye = torch.eye(k, dtype=ctx.dtype, device=ctx.device)
-    for s in range(0, n2, chunk):
-        xc = xb[s : s + chunk]
-        m = xc.shape[0]
+    m = max(1, cols // k)  # examples per chunk
+    for s in range(0, n2, m):
+        xc = xb[s : s + m]
+        mc = xc.shape[0]
         _, pull = vjp(lambda p, xc=xc: ctx.fn(p, xc), ctx.params)
-        # basis cotangents e_(j, b) for the m*k columns of this chunk: (m*k, m, k)
-        cot = torch.einsum("jJ,bB->jbJB", torch.eye(m, dtype=ctx.dtype, device=ctx.device), eye).reshape(m * k, m, k)
-        u = vmap(pull, randomness=ctx.randomness)(cot)[0]  # parameter-shaped, leading m*k
-        res = vmap(push, randomness=ctx.randomness)(u).reshape(m, k, n1, k)  # [j, b, i, a]
-        if full:
-            out[:, s : s + m] = res.permute(2, 0, 3, 1)
-        else:
-            out[:, s : s + m] = res.diagonal(dim1=1, dim2=3).sum(-1).T
-        del u, res
+        if cols >= k:
+            # basis cotangents e_(j, b) for the mc*k columns of this chunk: (mc*k, mc, k)
+            cot = torch.einsum("jJ,bB->jbJB", torch.eye(mc, dtype=ctx.dtype, device=ctx.device), eye)
+            u = vmap(pull, randomness=ctx.randomness)(cot.reshape(mc * k, mc, k))[0]
+            res = vmap(push, randomness=ctx.randomness)(u).reshape(mc, k, n1, k)  # [j, b, i, a]
+            if full:
+                out[:, s : s + mc] = res.permute(2, 0, 3, 1)
+            else:
+                out[:, s : s + mc] = res.diagonal(dim1=1, dim2=3).sum(-1).T
+            continue
+        for b0 in range(0, k, cols):  # one example, a slice of its outputs
+            c = min(cols, k - b0)
+            u = vmap(pull, randomness=ctx.randomness)(eye[b0 : b0 + c].unsqueeze(1))[0]
+            res = vmap(push, randomness=ctx.randomness)(u)  # [b, i, a]
+            if full:
+                out[:, s, :, b0 : b0 + c] = res.permute(1, 2, 0)
+            else:
+                out[:, s] += res[torch.arange(c), :, b0 + torch.arange(c)].sum(0)
     return out
 
 
@@ -91,12 +107,12 @@ def compute(
     s = ctx.itemsize
     per_col_example = 3.0 * ctx.k * ctx.n_params * s
     budget = parse_memory(memory_budget if memory_budget is not None else DEFAULT_MEMORY_BUDGET)
-    chunk = max(1, int(budget // (2 * per_col_example)))
+    cols = max(1, int(budget // (3.0 * ctx.n_params * s)))  # parameter-sized vectors alive at once
     if batch_size is not None:
-        chunk = min(chunk, int(batch_size))
+        cols = min(cols, int(batch_size) * ctx.k)
     return run_blocks(
         lambda x: x,
-        lambda a, b: _tile(ctx, a, b, full, chunk),
+        lambda a, b: _tile(ctx, a, b, full, cols),
         lambda a: _diag(ctx, a, full),
         x1,
         x2,

@@ -92,6 +92,11 @@ def test_memory_budget_tiles():
         torch.testing.assert_close(nk.empirical_ntk(net, x, method="jacobian", memory_budget=budget), whole)
     with pytest.raises(MemoryError, match="memory_budget"):
         nk.empirical_ntk(net, x, method="jacobian", memory_budget=100)
+    # ntvp down to one parameter-sized vector at a time (column slices of one example)
+    for output in ("trace", "full"):
+        ref = nk.empirical_ntk(net, x, output=output, method="jacobian")
+        got = nk.empirical_ntk(net, x, output=output, method="ntvp", memory_budget=3 * 8 * 320)
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
 
 
 def test_model_left_untouched(net_x):
