@@ -130,37 +130,41 @@ def test_bad_inputs(data):
 
 
 def _wide_gap(width: int, seed: int, x, xt, y, lr: float, steps: int, k_inf, kts_inf) -> tuple[float, float]:
+    """RMS over records and points of (network - infinite-NTK closed form), and RMS test movement."""
     arch = L.serial(L.Dense(width), L.Relu(), L.Dense(1))
     net = arch.init((x.shape[1],), width=width, seed=seed, dtype=D)
     with torch.no_grad():
         f0, g0 = net(x), net(xt)
     rec = nk.train(net, x, y, lr=lr, steps=steps, record_every=steps // 4, x_test=xt, record=("outputs",))
     pred = gradient_descent_mse(k_inf, y, learning_rate=lr, discrete=True)(rec.times, f0, g0, kts_inf)
-    gap = max(float((rec.train_outputs - pred.train).abs().max()), float((rec.test_outputs - pred.test).abs().max()))
-    moved = float((rec.test_outputs[-1] - g0).abs().max())
-    return gap, moved
+    diff = torch.cat([(rec.train_outputs - pred.train).flatten(), (rec.test_outputs - pred.test).flatten()])
+    moved = float((rec.test_outputs[-1] - g0).pow(2).mean().sqrt())
+    return float(diff.pow(2).mean().sqrt()), moved
 
 
 def test_wide_networks_track_infinite_ntk_with_shrinking_gap():
     """Finite-width corrections (kernel fluctuation at init and kernel motion) are O(width^-1/2).
 
-    Averaging the max gap over 3 seeds, theory predicts gap(2048)/gap(256) ~ sqrt(256/2048) = 0.35;
-    we require < 0.7 (a factor 2 of slack for seed fluctuations) and gap(2048) small against the
-    distance the test outputs actually move.
+    The gap is measured against the *discrete* closed form with the network's own initial outputs,
+    so it holds only those corrections. Averaging the RMS gap over 4 seeds, theory predicts
+    gap(2048)/gap(256) ~ sqrt(256/2048) = 0.35 (measured while writing this test: 0.31 here, and
+    0.38 from 2048 to 8192); we require < 0.6, leaving room for seed fluctuation, and the
+    gap at 2048 must be small against how far the test outputs move. The kernel is well
+    conditioned (n = d = 8): with near-singular kernels the slow modes amplify the fluctuations
+    and far more seeds are needed to see the trend.
     """
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(12, 4, generator=g, dtype=D)
-    xt = torch.randn(5, 4, generator=g, dtype=D)
+    x = torch.randn(8, 8, generator=g, dtype=D)
+    xt = torch.randn(5, 8, generator=g, dtype=D)
     y = torch.sin(x.sum(1, keepdim=True))
     arch = L.serial(L.Dense(1), L.Relu(), L.Dense(1))
     k_inf = arch.kernel(x, get="ntk").ntk
     kts_inf = arch.kernel(xt, x, get="ntk").ntk
     lr = 0.5 * max_learning_rate(k_inf)
-    steps = 80
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no numerical fallbacks expected
-        res = {w: [_wide_gap(w, s, x, xt, y, lr, steps, k_inf, kts_inf) for s in range(3)] for w in (256, 2048)}
-    gap = {w: sum(r[0] for r in rs) / 3 for w, rs in res.items()}
-    moved = sum(r[1] for r in res[2048]) / 3
-    assert gap[2048] < 0.7 * gap[256], gap
+        res = {w: [_wide_gap(w, s, x, xt, y, lr, 40, k_inf, kts_inf) for s in range(4)] for w in (256, 2048)}
+    gap = {w: sum(r[0] for r in rs) / 4 for w, rs in res.items()}
+    moved = sum(r[1] for r in res[2048]) / 4
+    assert gap[2048] < 0.6 * gap[256], gap
     assert gap[2048] < 0.1 * moved, (gap, moved)
