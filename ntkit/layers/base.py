@@ -179,6 +179,7 @@ class Layer:
         symmetric = x2t is None
         var1_parts: dict[int, torch.Tensor] = {}
         var2_parts: dict[int, torch.Tensor] = {}
+        flags = {"is_gaussian": True}
 
         def tile(s1: slice, s2: slice) -> dict[str, torch.Tensor | None]:
             a = x1t[s1]
@@ -189,6 +190,7 @@ class Layer:
                 raise ValueError("the architecture ends with several branches; close them with a FanIn layer")
             var1_parts.setdefault(s1.start, out.var1)
             var2_parts.setdefault(s2.start, out.var2)
+            flags["is_gaussian"] = out.is_gaussian
             return {"nngp": out.nngp if "nngp" in gets else None, "ntk": out.ntk if "ntk" in gets else None}
 
         res = tiled(tile, n1, n2, b1, b2, symmetric=symmetric, progress=progress, desc="kernel tiles")
@@ -200,7 +202,8 @@ class Layer:
             var1 = torch.cat([var1_parts[s] for s in sorted(var1_parts)])
             var2 = torch.cat([var2_parts[s] for s in sorted(var2_parts)])
         return Kernel(nngp=res["nngp"], ntk=res["ntk"], var1=var1, var2=var2, shape=tuple(out_shape),
-                      diagonal_spatial=not full and len(out_shape) > 1, is_gaussian=True, x1_is_x2=symmetric)
+                      diagonal_spatial=not full and len(out_shape) > 1, is_gaussian=flags["is_gaussian"],
+                      x1_is_x2=symmetric)
 
     def init(
         self,
