@@ -110,3 +110,15 @@ def test_bad_inputs(data):
         ens(xt, t=-1.0)
     with pytest.raises(ValueError, match="x_test"):
         ens(xt[:, :2])
+
+
+def test_ntkit_architecture_matches_closed_form_kernels(data):
+    """arch = Dense-Relu-Dense (NTK parameterisation, no bias) has the arc-cosine kernels written above."""
+    from ntkit import layers as L
+
+    x, xt, y = data
+    arch = L.serial(L.Dense(512), L.Relu(), L.Dense(1))
+    a = gradient_descent_mse_ensemble(arch, x, y, learning_rate=0.5)(xt, get="ntk", t=3.0, compute_cov=True)
+    b = gradient_descent_mse_ensemble(relu_kernels, x, y, learning_rate=0.5)(xt, get="ntk", t=3.0, compute_cov=True)
+    torch.testing.assert_close(a.mean, b.mean, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(a.cov, b.cov, rtol=1e-9, atol=1e-9)
