@@ -91,7 +91,7 @@ def _shift_sum(t: torch.Tensor, axes: Sequence[int], window: int, stride: int, p
                 part = part.index_select(a, idx)
             acc = part if acc is None else acc.add_(part)
         return acc
-    acc = t.new_zeros(shape)
+    pieces = []
     for d in range(window):
         off = d - pad_lo
         # valid output positions h: 0 <= s*h + off < length (a contiguous range)
@@ -105,7 +105,16 @@ def _shift_sum(t: torch.Tensor, axes: Sequence[int], window: int, stride: int, p
         for a in axes:
             src[a] = slice(start, start + stride * (h1 - h0 - 1) + 1, stride)
             dst[a] = slice(h0, h1)
-        acc[tuple(dst)] += t[tuple(src)]
+        pieces.append((h1 - h0 == out_len, tuple(src), tuple(dst)))
+    # start from a piece covering every output position (a copy), else from zeros
+    first = next((i for i, p in enumerate(pieces) if p[0]), None)
+    if first is None:
+        acc = t.new_zeros(shape)
+    else:
+        acc = t[pieces[first][1]].clone(memory_format=torch.contiguous_format)
+    for i, (_, src, dst) in enumerate(pieces):
+        if i != first:
+            acc[dst].add_(t[src])
     return acc
 
 
@@ -257,15 +266,26 @@ class Conv(Layer):
         q = fmap(k.nngp, 2)
         v1 = fmap(k.var1, 1)
         v2 = v1 if k.var2 is k.var1 else fmap(k.var2, 1)
-        t = fmap(k.ntk, 2)
-        if self.parameterization == "ntk":
-            nngp = q.mul(w2).add_(b2) if q is not None else None
-            ntk = None if t is None or nngp is None else t.mul_(w2).add_(nngp)
+        # the raw input kernel's NTK is all zeros: skip its (expensive) map
+        t = None if k.ntk is None or not bool(k.ntk.any()) else fmap(k.ntk, 2)
+        if q is None:
+            nngp = ntk = None
+        elif self.parameterization == "ntk":
+            nngp = q.mul_(w2).add_(b2)
+            if k.ntk is None:
+                ntk = None
+            else:
+                ntk = nngp.clone() if t is None else t.mul_(w2).add_(nngp)
         else:
             fan_in = k.channels * fsize
-            nngp = q.mul(w2).add_(b2) if q is not None else None
+            nngp = q.mul(w2).add_(b2)
             bias_g = 0.0 if self.b_std is None else 1.0
-            ntk = None if t is None or q is None else t.mul_(w2).add_(q, alpha=fan_in).add_(bias_g)
+            if k.ntk is None:
+                ntk = None
+            else:
+                ntk = q.mul_(fan_in).add_(bias_g)
+                if t is not None:
+                    ntk.add_(t, alpha=w2)
         var1 = v1.mul_(w2).add_(b2)
         var2 = var1 if v2 is v1 else v2.mul_(w2).add_(b2)
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=self.output_shape(k.shape),
