@@ -105,12 +105,12 @@ def layer_groups(names: Iterable[str]) -> dict[str, list[str]]:
 
 def sq_dist(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], names: Iterable[str] | None = None) -> float:
     names = list(a) if names is None else list(names)
-    return float(sum(float((a[n] - b[n]).double().pow(2).sum()) for n in names))
+    return float(sum(float((a[n].detach() - b[n].detach()).double().pow(2).sum()) for n in names))
 
 
 def sq_norm(a: dict[str, torch.Tensor], names: Iterable[str] | None = None) -> float:
     names = list(a) if names is None else list(names)
-    return float(sum(float(a[n].double().pow(2).sum()) for n in names))
+    return float(sum(float(a[n].detach().double().pow(2).sum()) for n in names))
 
 
 def ntk_matrix(model: nn.Module, x: torch.Tensor, method: str = "auto", **kw: Any) -> torch.Tensor:
