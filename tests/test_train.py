@@ -14,6 +14,15 @@ from tests.predict.helpers import jacobian_ntk, mlp
 D = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one intra-op thread (thread-pool contention costs 100x on a loaded 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def data():
     g = torch.Generator().manual_seed(21)
