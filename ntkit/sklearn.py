@@ -481,10 +481,12 @@ class NTKRegressor(RegressorMixin, _NTKBase):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = True
+        # a finite training time t is early stopping: the model may underfit on purpose
+        tags.regressor_tags.poor_score = self.t is not None
         return tags
 
     def _more_tags(self) -> dict[str, Any]:  # scikit-learn < 1.6
-        return {"multioutput": True}
+        return {"multioutput": True, "poor_score": self.t is not None}
 
 
 class NTKClassifier(ClassifierMixin, _NTKBase):
@@ -556,6 +558,14 @@ class NTKClassifier(ClassifierMixin, _NTKBase):
         self.dual_coef_ = self._fit_dual(K, Y)
         return self
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.poor_score = self.t is not None  # early stopping may underfit on purpose
+        return tags
+
+    def _more_tags(self) -> dict[str, Any]:  # scikit-learn < 1.6
+        return {"poor_score": self.t is not None}
+
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores ``(m, n_classes)``; for two classes ``(m,)``, positive for ``classes_[1]``."""
         if self.solver == "svm":
@@ -610,7 +620,7 @@ class NTKKernel(_SKKernel):
     >>> from ntkit.sklearn import NTKKernel
     >>> X = np.linspace(-1, 1, 20)[:, None]; y = np.sin(3 * X[:, 0])
     >>> gp = GaussianProcessRegressor(NTKKernel(depth=2) + WhiteKernel(1e-2)).fit(X, y)
-    >>> gp.kernel_.k1.W_std > 0
+    >>> bool(gp.kernel_.k1.W_std > 0)
     True
     """
 
