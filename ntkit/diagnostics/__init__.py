@@ -21,7 +21,7 @@ Examples
 --------
 >>> import torch
 >>> from ntkit import diagnostics as D
->>> D.fit_power_law([100, 400], [0.1, 0.05]).slope
+>>> round(D.fit_power_law([100, 400], [0.1, 0.05]).slope, 9)
 -0.5
 """
 

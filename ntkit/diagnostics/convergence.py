@@ -40,8 +40,8 @@ def relative_distance(k_emp: Any, k_ref: Any) -> float:
     Examples
     --------
     >>> import torch
-    >>> relative_distance(torch.eye(2) * 1.1, torch.eye(2))
-    0.10000000000000009
+    >>> round(relative_distance(torch.eye(2) * 1.1, torch.eye(2)), 6)
+    0.1
     """
     a = torch.as_tensor(k_emp).double()
     b = torch.as_tensor(k_ref).double()

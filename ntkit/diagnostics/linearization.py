@@ -78,7 +78,7 @@ class SeedTwoLayerNet(nn.Module):
     --------
     >>> import torch
     >>> net = SeedTwoLayerNet(3, 16, "tanh", seed=0)
-    >>> net(torch.randn(2, 3)).shape
+    >>> net(torch.randn(2, 3, dtype=torch.float64)).shape
     torch.Size([2, 1])
     """
 
