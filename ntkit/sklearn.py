@@ -63,6 +63,7 @@ _KERNELS = ("ntk", "nngp")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 _TWO_PI = 2.0 * math.pi
 _SQRT2 = math.sqrt(2.0)
+_PREDICT_BLOCK = 2048  # test rows per kernel block in predict: memory O(block * n_train)
 
 
 # ---- arc-cosine maps with safe derivatives ------------------------------------------------
@@ -374,8 +375,13 @@ class _NTKBase(BaseEstimator):
     def _decision(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         X = _validate(self, X, reset=False, dtype=[np.float64, np.float32])
-        K = self._kernel(X, self.X_fit_).to(torch.float64).numpy()
-        return K @ self.dual_coef_
+        return np.concatenate([self._kernel(X[i:i + _PREDICT_BLOCK], self.X_fit_).to(torch.float64).numpy()
+                               @ self.dual_coef_ for i in range(0, X.shape[0], _PREDICT_BLOCK)])
+
+    def _test_kernel(self, X: np.ndarray) -> np.ndarray:
+        """``k(X, X_fit_)`` in float64, computed in blocks of rows."""
+        return np.concatenate([self._kernel(X[i:i + _PREDICT_BLOCK], self.X_fit_).to(torch.float64).numpy()
+                               for i in range(0, X.shape[0], _PREDICT_BLOCK)])
 
 
 _PARAM_DOC = """
@@ -571,7 +577,7 @@ class NTKClassifier(ClassifierMixin, _NTKBase):
         if self.solver == "svm":
             check_is_fitted(self)
             X = _validate(self, X, reset=False, dtype=[np.float64, np.float32])
-            return self.svc_.decision_function(self._kernel(X, self.X_fit_).to(torch.float64).numpy())
+            return self.svc_.decision_function(self._test_kernel(X))
         f = self._decision(X)
         if len(self.classes_) == 2:
             return f[:, 1] - f[:, 0]
@@ -582,7 +588,7 @@ class NTKClassifier(ClassifierMixin, _NTKBase):
         if self.solver == "svm":
             check_is_fitted(self)
             X = _validate(self, X, reset=False, dtype=[np.float64, np.float32])
-            codes = self.svc_.predict(self._kernel(X, self.X_fit_).to(torch.float64).numpy())
+            codes = self.svc_.predict(self._test_kernel(X))
             return self.classes_[codes]
         f = self._decision(X)
         return self.classes_[np.argmax(f, axis=1)]

@@ -388,3 +388,19 @@ def test_nan_inputs_raise_naming_x():
 def test_import_ntkit_does_not_import_sklearn():
     code = "import sys, ntkit, ntkit.layers; assert 'sklearn' not in sys.modules, 'sklearn imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_predict_in_blocks_equals_one_block(monkeypatch):
+    import ntkit.sklearn as sk
+
+    X, y = load_iris(return_X_y=True)
+    kr = NTKClassifier().fit(X[::2], y[::2])
+    svm = NTKClassifier(solver="svm").fit(X[::2], y[::2])
+    whole = kr.decision_function(X), svm.decision_function(X)
+    monkeypatch.setattr(sk, "_PREDICT_BLOCK", 7)
+    # test rows equal to training rows have correlation 1 up to rounding, where the arc-cosine's
+    # sqrt singularity turns eps-level differences in the inner products (BLAS blocking) into ~sqrt(eps)
+    np.testing.assert_allclose(kr.decision_function(X), whole[0], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(svm.decision_function(X), whole[1], rtol=1e-6, atol=1e-8)
+    new = X[1::2]  # no coincident points: agreement to rounding
+    np.testing.assert_allclose(kr.decision_function(new), whole[0][1::2], rtol=1e-11, atol=1e-13)
