@@ -60,10 +60,11 @@ def main() -> None:
     ap.add_argument("--method", default="structured", help="empirical NTK method (structured is fastest here)")
     ap.add_argument("--quick", action="store_true", help="widths 64..512, 2 seeds")
     ap.add_argument("--plot", default=None, help="save the scaling figure to this path")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy machine)")
     args = ap.parse_args()
     if args.quick:
         args.widths, args.seeds = [64, 128, 256, 512], 2
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     x, y, xte, yte = load_data(args.n_train, 500)
     hidden = []
