@@ -115,7 +115,7 @@ class Layer:
         get: str | Sequence[str] = ("nngp", "ntk"),
         *,
         batch_size: int | None = None,
-        memory_budget: int | str | None = None,
+        memory_budget: int | str | None = "1GB",
         progress: bool = False,
         dtype: torch.dtype | None = None,
     ) -> Kernel:
@@ -134,7 +134,9 @@ class Layer:
         batch_size : int, optional
             Tile side: rows and columns are processed ``batch_size`` at a time.
         memory_budget : int or str, optional
-            Bytes (or ``"2GB"``) one tile may use; tiles are sized to fit it.
+            Bytes (or ``"2GB"``) one tile may use; tiles are sized to fit it
+            (default ``"1GB"``, which keeps e.g. CNN-GAP kernels of any ``n``
+            in bounded memory; ``None`` computes everything as one tile).
         progress : bool
             Show a progress bar over tiles.
         dtype : torch.dtype, optional
@@ -193,8 +195,19 @@ class Layer:
             flags["is_gaussian"] = out.is_gaussian
             return {"nngp": out.nngp if "nngp" in gets else None, "ntk": out.ntk if "ntk" in gets else None}
 
-        res = tiled(tile, n1, n2, b1, b2, symmetric=symmetric, progress=progress, desc="kernel tiles")
         out_shape = self.output_shape(in_shape)
+        n_out_spatial = len(out_shape) - 1 if isinstance(out_shape, tuple) else 0
+
+        def mirror(t: torch.Tensor) -> torch.Tensor:
+            # the (j, i) block of a symmetric kernel: swap the batch axes and, in the full
+            # spatial layout, the x1 / x2 position axes too
+            if full and n_out_spatial:
+                d = n_out_spatial
+                return t.permute((1, 0) + tuple(range(2 + d, 2 + 2 * d)) + tuple(range(2, 2 + d)))
+            return t.transpose(0, 1)
+
+        res = tiled(tile, n1, n2, b1, b2, symmetric=symmetric, progress=progress, desc="kernel tiles",
+                    mirror=mirror)
         if symmetric:
             var1 = torch.cat([var1_parts.get(s, var2_parts.get(s)) for s in sorted(set(var1_parts) | set(var2_parts))])
             var2 = var1

@@ -242,3 +242,15 @@ def test_conv_on_flat_kernel_and_list():
         L.Conv(2, 3).apply_kernel(k)
     with pytest.raises(ValueError, match="single input"):
         L.Conv(2, 3).apply_kernel([k, k])
+
+
+@pytest.mark.parametrize("tail", [[], [L.AvgPool((2, 2), strides=1)]])
+def test_tiled_spatial_outputs_mirror_correctly(tail):
+    """Symmetric tiling of kernels that stay spatial (diagonal or full layout) assembles exactly."""
+    arch = L.serial(L.Conv(4, (2, 3), padding="SAME", b_std=0.1), L.Relu(), L.Conv(4, (3, 2)), *tail)
+    x = torch.randn(5, 2, 4, 5, dtype=torch.float64)
+    one = arch.kernel(x, memory_budget=None)
+    tiles = arch.kernel(x, batch_size=2)
+    assert one.nngp.ndim == (4 if not tail else 6)
+    torch.testing.assert_close(tiles.nngp, one.nngp)
+    torch.testing.assert_close(tiles.ntk, one.ntk)
