@@ -99,3 +99,21 @@ def test_non_converged_power_iteration_warns():
     net = mlp(d=3, width=5, k=1, act=nn.Tanh, seed=1)
     with pytest.warns(RuntimeWarning, match="did not reach"):
         hessian_operator_norm(net, torch.randn(2, 3, dtype=torch.float64), max_iter=2, tol=1e-14)
+
+
+@pytest.mark.slow
+def test_kappa_scaling_trend_for_erf_network():
+    # With Gaussian readout weights a_j the Hessian's largest block scales with max_j |a_j| ~ sqrt(2 log w),
+    # so ||∇²f|| ~ sqrt(log w / w): after dividing by sqrt(log w) the slope must be -1/2 (within its CI + 0.05).
+    from ntkit import layers as L
+    from ntkit.diagnostics import fit_power_law, kappa_scaling
+
+    arch = L.serial(L.Dense(8, b_std=0.1), L.Erf(), L.Dense(1, b_std=0.1))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    ws = [64, 256, 1024, 4096]
+    res = kappa_scaling(arch, x, y, widths=ws, seeds=range(3), tol=1e-5, max_iter=500)
+    corrected = res.hessian_norm / np.sqrt(np.log(ws))[:, None]
+    fit = fit_power_law(np.repeat(ws, 3), corrected.ravel())
+    assert fit.ci_low - 0.05 <= -0.5 <= fit.ci_high + 0.05
+    assert res.kappa_fit.ci_high < 0

@@ -62,3 +62,23 @@ def test_kernel_spectrum_reconstructs_and_sorted():
         residual_decay([1.0], 0.1, [1], 1, dynamics="euler")
     assert residual_decay([2.0], 0.5, [3], 1, dynamics="gd").item() == 0.0
     assert residual_decay([2.0], 0.5, [3.0], 2, dynamics="flow").item() == pytest.approx(math.exp(-1.5))
+
+
+def test_prediction_agrees_with_predict_module_discrete_mode():
+    # same conventions as ntkit.predict: its discrete-GD outputs, projected on the eigenvectors, equal ours
+    from ntkit.predict import gradient_descent_mse
+
+    lin = nn.Linear(3, 1).double()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    sb = spectral_bias(lin, x, y, lr=0.2, steps=12, record_every=4)
+    with torch.no_grad():
+        f0 = lin(x)[:, 0]
+    pred = gradient_descent_mse(x @ x.T + 1, y, learning_rate=0.2, discrete=True)
+    for i, t in enumerate(sb.steps):
+        r = pred(t=float(t), fx_train_0=f0).train - y
+        np.testing.assert_allclose(sb.predicted[i, :, 0].numpy(), (_evecs(x).T @ r).numpy(), atol=1e-10)
+
+
+def _evecs(x):
+    return kernel_spectrum(x @ x.T + 1).eigenvectors
