@@ -158,8 +158,11 @@ def _make_optimizer(optimizer: Any, params: list[nn.Parameter], lr: float, momen
 
 def _default_kernel(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:
     from .empirical import empirical_ntk
+    from .linearize import TaylorExpanded
 
-    k = empirical_ntk(model, x1, x2, output="trace")
+    # the structured method inspects submodules, which a Taylor expansion does not call directly
+    method = "jacobian" if isinstance(model, TaylorExpanded) else "auto"
+    k = empirical_ntk(model, x1, x2, output="trace", method=method)
     with torch.no_grad():
         out = model(x1[:1])
     return k / max(1, out[0].numel())

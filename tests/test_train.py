@@ -79,14 +79,18 @@ def test_recorded_kernels(data):
     x, xt, y = data
     net = mlp(3, 32)
     ref = jacobian_ntk(net, x)
-    rec_lin = nk.train(nk.linearize(net), x, y, lr=0.5, steps=20, record=("kernel",), record_every=10,
-                       kernel_fn=lambda m, a, b: jacobian_ntk(m, a, b))
-    for k in rec_lin.kernel_train:  # the linearised model's tangent kernel never changes
+    rec_lin = nk.train(nk.linearize(net), x, y, lr=0.5, steps=20, record=("kernel",), record_every=10)
+    for k in rec_lin.kernel_train:  # default ntkit.empirical_ntk; the linearised model's kernel never changes
         torch.testing.assert_close(k, ref, rtol=1e-10, atol=1e-10)
-    rec = nk.train(net, x, y, lr=2.0, steps=20, record=("kernel",), record_every=20, x_test=xt)
-    torch.testing.assert_close(rec.kernel_train[0], ref, rtol=1e-10, atol=1e-10)  # default: ntkit.empirical_ntk
+    rec = nk.train(net, x, y, lr=2.0, steps=20, record=("kernel",), record_every=20, x_test=xt,
+                   kernel_fn=lambda m, a, b: jacobian_ntk(m, a, b))
+    torch.testing.assert_close(rec.kernel_train[0], ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(rec.kernel_test_train[0], jacobian_ntk(mlp(3, 32), xt, x), rtol=1e-10, atol=1e-10)
     assert (rec.kernel_train[-1] - ref).abs().max() > 1e-6  # the real network's kernel moves
+    rec0 = nk.train(mlp(3, 32), x, y, lr=1.0, steps=0, record=("kernel",), x_test=xt)  # default kernel_fn
+    assert rec0.steps.tolist() == [0]
+    torch.testing.assert_close(rec0.kernel_train[0], ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(rec0.kernel_test_train[0], rec.kernel_test_train[0], rtol=1e-10, atol=1e-10)
 
 
 def test_momentum_matches_function_space_heavy_ball(data):
