@@ -90,3 +90,15 @@ def test_lazy_scaling_changes_shrink_with_width():
     import json
 
     json.dumps(res.to_dict())
+
+
+def test_agrees_with_ntkit_train():
+    # two implementations of full-batch GD on 1/(2n) Σ (f - y)^2: ntkit.train (torch.optim.SGD) and ours
+    import ntkit as nk
+
+    net = mlp(d=3, width=16, seed=4)
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 1, dtype=torch.float64)
+    rec = nk.train(copy.deepcopy(net), x, y, "mse", lr=0.2, steps=10, record=("loss", "distance"), record_every=10)
+    tr = lazy_training(net, x, y, lr=0.2, steps=10, record_every=10)
+    np.testing.assert_allclose(tr.loss, rec.loss.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(tr.total_weight_change, rec.relative_distance.numpy(), rtol=1e-9, atol=1e-15)
