@@ -379,10 +379,24 @@ def _emp_nngp(ctx: Context, net: torch.nn.Module, x: torch.Tensor, w_std: float,
 
 
 def _rel_fro(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
+    from ..diagnostics import relative_distance
+
+    return float(relative_distance(a, b))
 
 
 def _loglog_slope(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares slope of log y on log x and its standard error (``ntkit.diagnostics.fit_power_law``)."""
+    try:
+        from ..diagnostics import fit_power_law
+    except ImportError:
+        return _loglog_slope_direct(x, y)
+    if len(x) < 3:
+        return float(fit_power_law(x, y).slope), float("nan")
+    f = fit_power_law(x, y)
+    return float(f.slope), float(f.slope_se)
+
+
+def _loglog_slope_direct(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     """Least-squares slope of log y on log x and its standard error."""
     lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
     A = np.stack([lx, np.ones_like(lx)], 1)
@@ -538,6 +552,42 @@ def _gd_train(ctx: Context, net: torch.nn.Module, x: torch.Tensor, y: torch.Tens
     return out
 
 
+def _train(ctx: Context, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor,
+           lr: float, steps: int, record: list[int]) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], float | None]:
+    """Full-batch GD with :func:`ntkit.train` (private loop if missing); outputs at ``record`` steps, ‖θ_T − θ_0‖."""
+    try:
+        from ..train import train
+    except ImportError:
+        return _gd_train(ctx, net, x, y, x_test, lr, steps, record), None
+    ctx.implementations["training"] = "ntkit.train (full-batch GD, loss 1/(2n) Σ‖f−y‖²)"
+    rec = train(net, x, y, "mse", lr=lr, steps=steps, record=("loss", "outputs", "distance"), record_every=1,
+                x_test=x_test)
+    if rec.diverged:
+        raise FloatingPointError("training diverged (non-finite loss); lower the learning rate")
+    pos = {int(s): i for i, s in enumerate(rec.steps.tolist())}
+    out = {t: (rec.train_outputs[pos[t]].double(), rec.test_outputs[pos[t]].double()) for t in record}
+    return out, float(rec.distance[pos[steps]])
+
+
+def _theory_predictions(ctx: Context, lr: float, record: list[int]) -> tuple[dict, float | None]:
+    """NTK predictions at the recorded steps by ``ntkit.predict.gradient_descent_mse(discrete=True)``,
+    cross-checked against the direct eigendecomposition formula (max abs difference returned)."""
+    direct = _ntk_dynamics(ctx, lr, record)
+    try:
+        from ..predict import gradient_descent_mse
+    except ImportError:
+        return direct, None
+    a = _analytic(ctx)
+    pred = gradient_descent_mse(a["ntk_tt"], ctx.y_train, learning_rate=lr, discrete=True)
+    out = pred(t=torch.tensor([float(t) for t in record], dtype=torch.float64), fx_train_0=0.0, fx_test_0=0.0,
+               k_test_train=a["ntk_st"])
+    lib = {t: (out.train[i].double(), out.test[i].double()) for i, t in enumerate(record)}
+    diff = max(float((lib[t][j] - direct[t][j]).abs().max()) for t in record for j in (0, 1))
+    ctx.implementations["ntk_dynamics"] = ("ntkit.predict.gradient_descent_mse(discrete=True), cross-checked "
+                                           f"against a direct eigendecomposition (max |diff| {diff:.1e})")
+    return lib, diff
+
+
 def _ntk_dynamics(ctx: Context, lr: float, record: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Closed-form linearised GD from f₀ = 0 (eq. 14.8, discrete steps): exact for the linear model."""
     a = _analytic(ctx)
@@ -573,7 +623,7 @@ def step_training_dynamics(ctx: Context) -> StepResult:
     lam_max = float(torch.linalg.eigvalsh(a["ntk_tt"]).max())
     lr = cfg.lr_factor * 2.0 * n / lam_max
     record = _record_steps(cfg.steps)
-    theory = _ntk_dynamics(ctx, lr, record)
+    theory, theory_check = _theory_predictions(ctx, lr, record)
     arch = build_arch(cfg, ctx.n_out, ctx)
     xtr, xte = ctx.x_train.float(), ctx.x_test.float()
     nets: dict[int, dict[str, Any]] = {}
@@ -587,9 +637,10 @@ def step_training_dynamics(ctx: Context) -> StepResult:
         with torch.no_grad():
             f0_tr, f0_te = net(xtr).double(), net(xte).double()
         target = (ctx.y_train + f0_tr).float()
-        traj = _gd_train(ctx, net, xtr, target, xte, lr, cfg.steps, record)
+        traj, dist = _train(ctx, net, xtr, target, xte, lr, cfg.steps, record)
         traj = {t: (ftr - f0_tr, fte - f0_te) for t, (ftr, fte) in traj.items()}
-        nets[w] = {"net": net, "theta0": theta0, "traj": traj, "f0_train": f0_tr, "f0_test": f0_te}
+        nets[w] = {"net": net, "theta0": theta0, "traj": traj, "f0_train": f0_tr, "f0_test": f0_te,
+                   "weight_distance": dist}
     ctx.cache.update(nets=nets, lr=lr, record=record, theory=theory)
 
     curves: dict[str, Any] = {"steps": record, "ntk": {
@@ -605,7 +656,7 @@ def step_training_dynamics(ctx: Context) -> StepResult:
         gaps_max.append(max(gap_t))
     widths = list(cfg.train_widths)
     slope, se = _loglog_slope(widths, gaps_final)
-    res = {"learning_rate": lr, "lambda_max": lam_max, "steps": cfg.steps, "curves": curves,
+    res = {"learning_rate": lr, "lambda_max": lam_max, "theory_crosscheck_max_abs_diff": theory_check, "steps": cfg.steps, "curves": curves,
            "train_widths": widths, "final_test_output_gap": gaps_final, "max_test_output_gap": gaps_max,
            "gap_slope": slope, "gap_slope_se": se}
     plt = _plt()
@@ -685,11 +736,16 @@ def step_lazy_training(ctx: Context) -> StepResult:
         norm0 = math.sqrt(sum(float((b.double() ** 2).sum()) for b in d["theta0"]))
         max_entry = max(float((a - b).abs().max()) for a, b in zip(theta_t, d["theta0"], strict=True))
         net0 = arch.init(ctx.input_shape, width=w, seed=cfg.seed * 7919 + w, dtype=torch.float32)
-        k0 = _emp_ntk(ctx, net0, xk)
-        kt = _emp_ntk(ctx, net, xk)
+        try:
+            from ..diagnostics import kernel_change
+
+            kchange = float(kernel_change(net0, net, xk))
+            ctx.implementations["kernel_change"] = "ntkit.diagnostics.kernel_change"
+        except ImportError:
+            kchange = _rel_fro(_emp_ntk(ctx, net, xk), _emp_ntk(ctx, net0, xk))
         rows.append({"width": w, "weight_change": dtheta, "weight_norm0": norm0,
                      "relative_weight_change": dtheta / norm0, "max_entry_change": max_entry,
-                     "relative_kernel_change": _rel_fro(kt, k0)})
+                     "relative_kernel_change": kchange, "weight_change_recorded_by_train": d.get("weight_distance")})
     widths = [r["width"] for r in rows]
     s_k, se_k = _loglog_slope(widths, [r["relative_kernel_change"] for r in rows])
     s_w, se_w = _loglog_slope(widths, [r["relative_weight_change"] for r in rows])
@@ -752,7 +808,13 @@ def step_spectrum(ctx: Context) -> StepResult:
     e0 = r0.norm(dim=1)
     rT = U.T @ (traj[cfg.steps][0] - ctx.y_train)
     measured = (rT.norm(dim=1) / e0.clamp_min(1e-30)).numpy()
-    theory = np.abs(1.0 - lr * lam.numpy() / n) ** cfg.steps
+    try:
+        from ..diagnostics import residual_decay
+
+        theory = np.abs(residual_decay(lam, lr, [float(cfg.steps)], n, dynamics="gd").reshape(-1).numpy())
+        ctx.implementations["residual_decay"] = "ntkit.diagnostics.residual_decay"
+    except ImportError:
+        theory = np.abs(1.0 - lr * lam.numpy() / n) ** cfg.steps
     energy = (e0**2 / (e0**2).sum()).numpy()
     cum = np.cumsum(energy)
     sel = (theory > 1e-3) & (energy > 1e-4 / len(energy))
@@ -953,13 +1015,29 @@ def step_bounds(ctx: Context) -> StepResult:
     Y = ctx.y_train
     quad = (Y * torch.cholesky_solve(Y, L)).sum(0)  # y_cᵀ Θ⁻¹ y_c per output
     bound = torch.sqrt(2 * quad / n)
+    try:
+        from ..diagnostics import generalization_bound
+
+        lib_bound = torch.tensor([generalization_bound(Y[:, c], kernel=K).bound for c in range(Y.shape[1])],
+                                 dtype=torch.float64)
+        ctx.implementations["generalization_bound"] = (
+            "ntkit.diagnostics.generalization_bound per output (cross-checked by a Cholesky solve: max |diff| "
+            f"{float((lib_bound - bound).abs().max()):.1e})")
+        bound = lib_bound
+    except ImportError:
+        pass
     rng = np.random.default_rng(cfg.seed + 1)
     Yp = Y[torch.as_tensor(rng.permutation(n))]
     quad_p = (Yp * torch.cholesky_solve(Yp, L)).sum(0)
     bound_p = torch.sqrt(2 * quad_p / n)
     f_ntk = _regress(K, a["ntk_st"], Y)
     test_loss = (f_ntk - ctx.y_test).abs().clamp(max=1.0).mean(0)  # 1-Lipschitz loss in [0, 1]
-    alignment = float((Y.T @ K @ Y).trace() / (torch.linalg.norm(K) * (Y.T @ Y).trace()))
+    try:
+        from ..diagnostics import kernel_target_alignment
+
+        alignment = float(kernel_target_alignment(K, Y))
+    except ImportError:
+        alignment = float((Y.T @ K @ Y).trace() / (torch.linalg.norm(K) * torch.linalg.norm(Y @ Y.T)))
     nets = ctx.cache["nets"]
     kap_rows = []
     xk = ctx.x_train[: cfg.n_kappa]
@@ -1014,7 +1092,7 @@ def step_bounds(ctx: Context) -> StepResult:
         "evaluated with our architecture's NTK for every one-vs-rest output, next to the measured test loss of "
         "NTK regression. Shuffling the labels makes y harder to express with the kernel's top eigenvectors and "
         "the bound grows: it measures how well the labels align with the kernel. Kernel-target alignment "
-        f"tr(YᵀΘY)/(‖Θ‖_F tr(YᵀY)) = {alignment:.3f}. Bounds near or above 1 are vacuous for this loss.",
+        f"⟨Θ, YYᵀ⟩_F/(‖Θ‖_F ‖YYᵀ‖_F) = {alignment:.3f}. Bounds near or above 1 are vacuous for this loss.",
         "Right: κ = ‖f₀ − y‖·‖∇²f‖/‖∇f‖² (seed 002, eq. 3) at initialisation on "
         f"{xk.shape[0]} training inputs (output 0; ‖∇²f‖ is the top eigenvalue of the Hessian of vᵀf along the "
         "residual direction v, ‖∇f‖² the top eigenvalue of J Jᵀ, both by power iteration). κ ≪ 1 means the "
