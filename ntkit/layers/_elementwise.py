@@ -65,6 +65,10 @@ class ElementwiseLayer(Layer):
     * optionally ``diag_fn(v)``: ``T(v, v, v)``.
     """
 
+    #: entries per block in :meth:`_map_cross` (a few MB per temporary: large enough for
+    #: threaded elementwise kernels, small enough to stay in cache)
+    _BLOCK = 1 << 20
+
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -88,36 +92,80 @@ class ElementwiseLayer(Layer):
         # nngp + ntk in, T + Ṫ + one temporary out
         return float(5 * cells * itemsize), s
 
+    _fresh_output = True
+
     def apply_kernel(self, k: KernelOrList) -> KernelOrList:
+        return self._apply(k, inplace=False)
+
+    def _apply_owned(self, k: KernelOrList, owned: bool) -> tuple[KernelOrList, bool]:
+        return self._apply(k, inplace=owned), True
+
+    def _apply(self, k: KernelOrList, inplace: bool) -> Kernel:
         name = type(self).__name__
         if isinstance(k, list):
             raise ValueError(f"{name} needs a single input, got a list of branches (close them with a FanIn first)")
         if k.nngp is None:
             raise ValueError(f"{name}: the input kernel has no NNGP; activations need it")
         v1, v2 = cross_variances(k)
-        need_dot = k.ntk is not None
-        t, tdot = self.kernel_fn(k.nngp, v1, v2, need_dot)
-        t = _full_shape(t, k.nngp)
-        ntk = None
-        if need_dot:
-            if tdot is None:
-                raise RuntimeError(f"{name}.kernel_fn returned no derivative although the NTK was requested")
-            if (tdot.shape == k.ntk.shape and tdot.is_contiguous() and tdot.dtype == k.ntk.dtype
-                    and tdot.data_ptr() != k.ntk.data_ptr()):
-                ntk = tdot.mul_(k.ntk)
-            else:
-                ntk = k.ntk * tdot
+        sym_diag = k.x1_is_x2 and k.nngp.ndim >= 2 and k.nngp.shape[0] == k.nngp.shape[1] == k.n1 == k.n2
+        ntk_diag = None
+        if sym_diag and k.ntk is not None:
+            ntk_diag = torch.diagonal(k.ntk, 0, 0, 1).clone()
+        t, ntk = self._map_cross(k.nngp, v1, v2, k.ntk, inplace=inplace)
         var1 = self._map_self(k.var1, k)
         var2 = var1 if k.var2 is k.var1 else self._map_self(k.var2, k)
-        if k.x1_is_x2 and k.n1 == k.n2 and t.ndim >= 2 and t.shape[0] == t.shape[1] == k.n1:
+        if sym_diag:
             # entries (i, i, ...) pair an input with itself: correlation exactly 1 at equal positions.
             # Rounding in the inputs' Gram matrix perturbs ρ by ~eps, which moves θ = arccos ρ by
             # ~sqrt(eps) for kinked activations; use the self-covariance maps there instead.
             torch.diagonal(t, 0, 0, 1).copy_(var1.movedim(0, -1))
-            if ntk is not None:
+            if ntk is not None and ntk_diag is not None:
                 td_self = self._dot_self(k.var1, k)
-                torch.diagonal(ntk, 0, 0, 1).copy_(torch.diagonal(k.ntk, 0, 0, 1) * td_self.movedim(0, -1))
+                torch.diagonal(ntk, 0, 0, 1).copy_(ntk_diag * td_self.movedim(0, -1))
         return k.replace(nngp=t, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
+
+    def _map_cross(self, c: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, ntk: torch.Tensor | None,
+                   inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(T, Ṫ ⊙ ntk)``, computed in blocks of rows that fit in cache.
+
+        The maps are a dozen elementwise passes; running them on blocks of
+        ``_BLOCK`` entries keeps the temporaries in cache instead of streaming
+        ``n1 x n2`` arrays through memory a dozen times. With ``inplace`` the
+        results overwrite ``c`` and ``ntk`` (no large allocation at all).
+        """
+        need_dot = ntk is not None
+        n1 = c.shape[0]
+        per_row = max(1, c[0].numel()) if c.ndim else 1
+        rows = max(1, self._BLOCK // per_row)
+        blockable = c.ndim > 0 and v1.shape[0] == n1 and c.is_contiguous()
+        if not blockable or (rows >= n1 and not inplace):
+            return self._map_block(c, v1, v2, ntk)
+        t_out = c if inplace else torch.empty_like(c)
+        ntk_out = None
+        if need_dot:
+            ntk_out = ntk if inplace else torch.empty_like(ntk)
+        for i in range(0, n1, rows):
+            sl = slice(i, min(i + rows, n1))
+            t, nt = self._map_block(c[sl], v1[sl], v2, None if ntk is None else ntk[sl],
+                                    out=None if ntk_out is None else ntk_out[sl])
+            t_out[sl] = t
+        return t_out, ntk_out
+
+    def _map_block(self, c: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, ntk: torch.Tensor | None,
+                   out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        t, tdot = self.kernel_fn(c, v1, v2, ntk is not None)
+        t = _full_shape(t, c)
+        if ntk is None:
+            return t, None
+        if tdot is None:
+            raise RuntimeError(f"{type(self).__name__}.kernel_fn returned no derivative although the NTK "
+                               "was requested")
+        if out is not None:
+            return t, torch.mul(ntk, tdot.to(ntk.dtype), out=out)
+        if (tdot.shape == ntk.shape and tdot.is_contiguous() and tdot.dtype == ntk.dtype
+                and tdot.data_ptr() != ntk.data_ptr()):
+            return t, tdot.mul_(ntk)
+        return t, ntk * tdot
 
     def _map_self(self, var: torch.Tensor, k: Kernel) -> torch.Tensor:
         d = len(k.spatial_shape)

@@ -82,6 +82,20 @@ class Layer:
     def needs_full_spatial(self, full_out: bool) -> bool:
         return full_out
 
+    # ---- in-place fast path (private) -----------------------------------------
+    #: ``apply_kernel`` returns ``nngp``/``ntk`` tensors that alias neither its input nor
+    #: anything else, so the next layer may overwrite them.
+    _fresh_output: bool = False
+
+    def _apply_owned(self, k: KernelOrList, owned: bool) -> tuple[KernelOrList, bool]:
+        """``apply_kernel``, told whether ``k``'s ``nngp``/``ntk`` may be overwritten.
+
+        Returns the output and whether *it* may be overwritten by the next
+        layer. Layers that can work in place (Dense, activations) override it.
+        """
+        out = self.apply_kernel(k)
+        return out, self._fresh_output and not isinstance(out, list)
+
     # ---- structure helpers (overridden by combinators) ----------------------
     def _mark_readout(self, downstream_affine: bool, readout: set[int]) -> bool:
         """Record affine layers with no affine layer after them; return whether one is at or after here."""
@@ -187,7 +201,7 @@ class Layer:
             a = x1t[s1]
             b = None if (symmetric and s1 == s2) else (x1t if x2t is None else x2t)[s2]
             k0 = input_kernel(a, b, diagonal_spatial=not full, compute_ntk="ntk" in gets)
-            out = self.apply_kernel(k0)
+            out = self._apply_owned(k0, True)[0]  # the tile's input kernel is ours to overwrite
             if isinstance(out, list):
                 raise ValueError("the architecture ends with several branches; close them with a FanIn layer")
             var1_parts.setdefault(s1.start, out.var1)
@@ -303,9 +317,12 @@ class Serial(Layer):
         self.layers = list(layers)
 
     def apply_kernel(self, k: KernelOrList) -> KernelOrList:
+        return self._apply_owned(k, False)[0]
+
+    def _apply_owned(self, k: KernelOrList, owned: bool) -> tuple[KernelOrList, bool]:
         for layer in self.layers:
-            k = layer.apply_kernel(k)
-        return k
+            k, owned = layer._apply_owned(k, owned)
+        return k, owned
 
     def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
         for i, layer in enumerate(self.layers):

@@ -129,7 +129,7 @@ class Dense(Layer):
             if q is None:
                 raise ValueError("Dense: the input kernel has an NTK but no NNGP; both are needed")
             if self.parameterization == "ntk":
-                ntk = torch.mul(k.ntk, w2).add_(nngp) if w2 != 1.0 else torch.add(k.ntk, nngp)
+                ntk = torch.add(nngp, k.ntk, alpha=w2)  # one fused pass
             else:
                 ntk = torch.mul(k.ntk, w2).add_(q, alpha=float(k.channels))
                 if self.b_std is not None:
@@ -138,6 +138,27 @@ class Dense(Layer):
         var2 = var1 if k.var2 is k.var1 else _affine(k.var2, w2, b2)
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2,
                          shape=(self.out_dim,) + tuple(k.shape[1:]), is_gaussian=True)
+
+    _fresh_output = True
+
+    def _apply_owned(self, k: KernelOrList, owned: bool) -> tuple[KernelOrList, bool]:
+        """In place when the input kernel is ours to overwrite (one pass per tensor, no allocation)."""
+        if not owned or isinstance(k, list) or k.nngp is None:
+            return self.apply_kernel(k), True
+        w2 = self.W_std ** 2
+        b2 = 0.0 if self.b_std is None else self.b_std ** 2
+        q, ntk = k.nngp, k.ntk
+        if ntk is not None and self.parameterization == "standard":
+            ntk.mul_(w2).add_(q, alpha=float(k.channels))  # needs the old q
+            if self.b_std is not None:
+                ntk.add_(1.0)
+        _affine_(q, w2, b2)
+        if ntk is not None and self.parameterization == "ntk":
+            torch.add(q, ntk, alpha=w2, out=ntk)
+        var1 = _affine(k.var1, w2, b2)
+        var2 = var1 if k.var2 is k.var1 else _affine(k.var2, w2, b2)
+        return k.replace(nngp=q, ntk=ntk, var1=var1, var2=var2, shape=(self.out_dim,) + tuple(k.shape[1:]),
+                         is_gaussian=True), True
 
     def _bytes_per_pair(self, shape: ShapeOrList, full: bool, itemsize: int) -> tuple[float, ShapeOrList]:
         s = _single_shape(shape, "Dense")
@@ -161,7 +182,14 @@ class Dense(Layer):
 
 
 def _affine(t: torch.Tensor, w2: float, b2: float) -> torch.Tensor:
-    out = torch.mul(t, w2)
-    if b2:
-        out.add_(b2)
-    return out
+    """``w2 * t + b2`` in one pass over ``t`` (a fresh tensor)."""
+    if not b2:
+        return torch.mul(t, w2)
+    return torch.add(torch.tensor(b2, dtype=t.dtype, device=t.device), t, alpha=w2)
+
+
+def _affine_(t: torch.Tensor, w2: float, b2: float) -> torch.Tensor:
+    """``t <- w2 * t + b2`` in place, one pass."""
+    if not b2:
+        return t.mul_(w2)
+    return torch.add(torch.tensor(b2, dtype=t.dtype, device=t.device), t, alpha=w2, out=t)

@@ -110,12 +110,33 @@ class Kernel:
                 f"shape={self.shape}, diagonal_spatial={self.diagonal_spatial}, is_gaussian={self.is_gaussian})")
 
 
+def _sym_gram(a: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * a @ a.T`` computing only the upper-triangular row panels (about half the flops)."""
+    n = a.shape[0]
+    a_s = a * scale
+    if n < 1024:
+        return torch.mm(a_s, a.T)
+    out = torch.empty((n, n), dtype=a.dtype, device=a.device)
+    step = -(-n // 8)
+    for i in range(0, n, step):
+        rows = slice(i, min(i + step, n))
+        out[rows, i:] = torch.mm(a_s[rows], a[i:].T)
+        if i:
+            out[rows, :i] = out[:i, rows].T
+    return out
+
+
 def _channel_cov(a: torch.Tensor, b: torch.Tensor, full: bool) -> torch.Tensor:
     """(1/C) sum_c a[i,c,s] b[j,c,s'] with a: (n1, C, *S), b: (n2, C, *S)."""
     n1, c = a.shape[0], a.shape[1]
     n2 = b.shape[0]
     spatial = tuple(a.shape[2:])
     p = math.prod(spatial)
+    if p == 1 and not spatial:  # flat inputs: one GEMM, scaling the small operand
+        a2d, b2d = a.reshape(n1, c), b.reshape(n2, c)
+        if a is b:
+            return _sym_gram(a2d, 1.0 / c)
+        return torch.mm(a2d * (1.0 / c), b2d.T)
     a2 = a.reshape(n1, c, p)
     b2 = b.reshape(n2, c, p)
     if full:

@@ -183,3 +183,22 @@ def test_kernel_reports_gaussianity_of_the_output():
     x = torch.randn(3, 2)
     assert L.serial(L.Dense(4), L.Relu(), L.Dense(1)).kernel(x).is_gaussian
     assert not L.serial(L.Dense(4), L.Relu()).kernel(x).is_gaussian
+
+
+def test_in_place_fast_path_never_touches_shared_kernels():
+    """Layer.kernel overwrites only tensors it created; user kernels and FanOut branches stay intact."""
+    x = torch.randn(6, 3, dtype=F64)
+    arch = _fc()
+    k_in = input_kernel(x, None)
+    saved = (k_in.nngp.clone(), k_in.ntk.clone(), k_in.var1.clone())
+    a = arch.kernel(k_in)
+    assert torch.equal(k_in.nngp, saved[0]) and torch.equal(k_in.ntk, saved[1]) and torch.equal(k_in.var1, saved[2])
+    torch.testing.assert_close(a.ntk, arch.kernel(x).ntk)  # in-place path == out-of-place path
+    torch.testing.assert_close(a.ntk, arch.apply_kernel(input_kernel(x, None)).ntk)
+    # FanOut hands the same Kernel to both branches: the first branch must not corrupt the second
+    br = L.serial(L.Dense(8, W_std=2.0, b_std=0.5), L.Relu())
+    two = L.serial(L.Dense(8), L.FanOut(2), L.parallel(br, L.Dense(8, b_std=0.1)), L.FanInSum())
+    k2 = two.kernel(x)
+    base = L.Dense(8).kernel(x)
+    want = br.kernel(base).nngp + L.Dense(8, b_std=0.1).kernel(base).nngp
+    torch.testing.assert_close(k2.nngp, want)
