@@ -42,6 +42,13 @@ def _to_tensor(x: Any, name: str) -> torch.Tensor:
     raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
 
 
+def check_solve_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Solves run in float32 or float64."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    return dtype
+
+
 def _float_dtype(*ts: torch.Tensor) -> torch.dtype:
     """The floating dtype results are cast back to (promotion of the inputs' float dtypes)."""
     out: torch.dtype | None = None
@@ -51,8 +58,16 @@ def _float_dtype(*ts: torch.Tensor) -> torch.dtype:
     return torch.get_default_dtype() if out is None else out
 
 
-def check_train_kernel(k: Any, name: str = "k_train_train") -> torch.Tensor:
-    """Square, real, finite and symmetric (to round-off); returns the tensor unchanged."""
+def check_train_kernel(
+    k: Any, name: str = "k_train_train", dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.dtype]:
+    """Validate a train-train kernel; return it symmetrised, in ``dtype``, plus its input dtype.
+
+    Square, real, finite and symmetric to round-off, else ``ValueError``. The
+    work is four passes over the matrix and one new ``n x n`` buffer (which is
+    the returned ``(K + K^T) / 2``): validation costs less than a Cholesky
+    factorisation even for moderate ``n``.
+    """
     k = _to_tensor(k, name)
     if k.ndim != 2 or k.shape[0] != k.shape[1]:
         raise ValueError(f"{name} must be a square (n, n) matrix, got shape {tuple(k.shape)}")
@@ -62,21 +77,21 @@ def check_train_kernel(k: Any, name: str = "k_train_train") -> torch.Tensor:
         raise TypeError(f"{name} must be a real floating tensor, got dtype {k.dtype}")
     if not k.is_floating_point():
         k = k.to(torch.get_default_dtype())
-    check_finite(k, name)
-    scale = float(k.abs().max())
-    asym = _max_asymmetry(k)
-    eps = torch.finfo(k.dtype).eps
+    in_dtype = k.dtype
+    lo, hi = torch.aminmax(k)  # NaN propagates: a free finiteness test
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+        check_finite(k, name)  # raises with the count and first index
+    scale = max(abs(float(lo)), abs(float(hi)))
+    kd = k if dtype is None else k.to(dtype)
+    d = kd - kd.T
+    asym = float(d.max())  # d is antisymmetric: its max is max |K - K^T|
+    eps = torch.finfo(in_dtype).eps
     if asym > 100 * eps * max(scale, 1e-300) * max(1, k.shape[0]) ** 0.5 and asym > 1e-6 * scale:
         raise ValueError(
             f"{name} must be symmetric; max |K - K^T| = {asym:.3g} (max |K| = {scale:.3g})"
         )
-    return k
-
-
-def _max_asymmetry(k: torch.Tensor, block: int = 1024) -> float:
-    """``max |K - K^T|`` in row blocks (O(n * block) extra memory instead of two n x n temporaries)."""
-    n = k.shape[0]
-    return max(float((k[i:i + block] - k[:, i:i + block].T).abs().max()) for i in range(0, n, block))
+    sym = d.mul_(-0.5).add_(kd)  # (K + K^T) / 2 = K - (K - K^T) / 2, in the same buffer
+    return sym, in_dtype
 
 
 def check_targets(y: Any, n: int, name: str = "y_train") -> tuple[torch.Tensor, bool]:
@@ -157,28 +172,22 @@ class KernelSolver:
     Parameters
     ----------
     k : torch.Tensor
-        Validated ``(n, n)`` kernel (see :func:`check_train_kernel`).
+        Symmetrised ``(n, n)`` kernel in the solve dtype (from :func:`check_train_kernel`).
     rho : float
         Ridge added to the diagonal for solves and dynamics.
-    dtype : torch.dtype
-        The solve dtype (float64 by default in every public function).
+    input_dtype : torch.dtype
+        The dtype the user's kernel came in (sets the round-off tolerance of the PSD check).
     name : str
         The argument name used in warnings/errors.
     """
 
-    def __init__(self, k: torch.Tensor, rho: float, dtype: torch.dtype, name: str = "k_train_train") -> None:
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    def __init__(self, k: torch.Tensor, rho: float, input_dtype: torch.dtype, name: str = "k_train_train") -> None:
         self.name = name
-        self.input_eps = torch.finfo(k.dtype).eps
-        kd = k.to(dtype)
-        sym = kd + kd.T  # one new n x n buffer, symmetrised in place
-        sym.mul_(0.5)
-        del kd
-        self.k = sym
+        self.input_eps = torch.finfo(input_dtype).eps
+        self.k = k
         self.rho = float(rho)
         self.n = k.shape[0]
-        self.dtype = dtype
+        self.dtype = k.dtype
         self._eig: tuple[torch.Tensor, torch.Tensor] | None = None
         self._chol: torch.Tensor | None = None
         self._chol_failed = False

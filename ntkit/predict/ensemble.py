@@ -32,6 +32,7 @@ from .._validation import as_input_tensor, check_choice, check_feature_shapes_ma
 from ._linalg import (
     KernelSolver,
     _float_dtype,
+    check_solve_dtype,
     check_targets,
     check_times,
     check_train_kernel,
@@ -81,7 +82,7 @@ class EnsemblePredictor:
         )
         self.diag_reg = diag_reg
         self.absolute = absolute
-        self.dtype = dtype
+        self.dtype = check_solve_dtype(dtype)
         self.y = y
         self._ktrain: dict[str, torch.Tensor] = {}
         self._solvers: dict[str, KernelSolver] = {}
@@ -91,8 +92,10 @@ class EnsemblePredictor:
         if not self._ktrain:
             k = self._kfn(self.x_train, None, get=("nngp", "ntk"))
             for which in ("nngp", "ntk"):
-                kk = check_train_kernel(_pick(k, which, "x_train"), f"{which}(x_train, x_train)")
-                self._ktrain[which] = kk.to(self.dtype)
+                kk, in_dtype = check_train_kernel(_pick(k, which, "x_train"), f"{which}(x_train, x_train)",
+                                                  dtype=self.dtype)
+                self._ktrain[which] = kk
+                self._in_dtype = in_dtype
         return self._ktrain
 
     def solver(self, get: str) -> KernelSolver:
@@ -100,7 +103,7 @@ class EnsemblePredictor:
         if get not in self._solvers:
             kd = self._train_kernels()[get]
             rho = regulariser(kd, self.diag_reg, self.absolute)
-            self._solvers[get] = KernelSolver(kd, rho, self.dtype, name=f"{get}(x_train, x_train)")
+            self._solvers[get] = KernelSolver(kd, rho, self._in_dtype, name=f"{get}(x_train, x_train)")
         return self._solvers[get]
 
     def __call__(self, x_test: Any = None, get: str = "ntk", t: Any = None, compute_cov: bool = False) -> Gaussian:

@@ -21,9 +21,9 @@ import torch
 
 from ._linalg import (
     KernelSolver,
-    _float_dtype,
     _to_tensor,
     check_cross_kernel,
+    check_solve_dtype,
     check_targets,
     check_train_kernel,
     regulariser,
@@ -44,13 +44,13 @@ class GPPredictor:
 
     def __init__(self, k_train_train: Any, y_train: Any, diag_reg: float, absolute: bool,
                  dtype: torch.dtype) -> None:
-        k = check_train_kernel(k_train_train)
+        k, in_dtype = check_train_kernel(k_train_train, dtype=check_solve_dtype(dtype))
         self.n = k.shape[0]
         y, self._squeeze = check_targets(y_train, self.n)
         self.noise = regulariser(k, diag_reg, absolute)
-        self.solver = KernelSolver(k, self.noise, dtype)
+        self.solver = KernelSolver(k, self.noise, in_dtype)
         self.y = y.to(dtype=dtype, device=k.device)
-        self.out_dtype = _float_dtype(k, y)
+        self.out_dtype = torch.promote_types(in_dtype, y.dtype)
         self.device = k.device
         self._alpha: torch.Tensor | None = None
 

@@ -33,9 +33,9 @@ import torch
 from .._validation import check_positive
 from ._linalg import (
     KernelSolver,
-    _float_dtype,
     check_cross_kernel,
     check_outputs,
+    check_solve_dtype,
     check_targets,
     check_times,
     check_train_kernel,
@@ -77,7 +77,7 @@ class MSEPredictor:
         discrete: bool,
         dtype: torch.dtype,
     ) -> None:
-        k = check_train_kernel(k_train_train)
+        k, in_dtype = check_train_kernel(k_train_train, dtype=check_solve_dtype(dtype))
         self.n = k.shape[0]
         y, self._squeeze = check_targets(y_train, self.n)
         self.learning_rate = check_positive(learning_rate, "learning_rate")
@@ -86,9 +86,9 @@ class MSEPredictor:
         )
         self.discrete = bool(discrete)
         self.regularizer = regulariser(k, diag_reg, diag_reg_absolute_scale)
-        self.out_dtype = _float_dtype(k, y)
+        self.out_dtype = torch.promote_types(in_dtype, y.dtype)
         self.device = k.device
-        self.solver = KernelSolver(k, self.regularizer, dtype)
+        self.solver = KernelSolver(k, self.regularizer, in_dtype)
         self.y = y.to(dtype=dtype, device=self.device)
 
     @property

@@ -39,7 +39,6 @@ import torch
 
 from .._validation import check_positive
 from ._linalg import (
-    _float_dtype,
     _to_tensor,
     check_cross_kernel,
     check_outputs,
@@ -83,10 +82,10 @@ class ODEPredictor:
         elif not callable(loss):
             raise TypeError(f"loss must be a string or a callable (f, y) -> scalar, got {type(loss).__name__}")
         self.loss = loss
-        k = check_train_kernel(k_train_train)
+        k, in_dtype = check_train_kernel(k_train_train, dtype=torch.float64)
         self.n = k.shape[0]
-        self.out_dtype = _float_dtype(k)
-        self.k = (0.5 * (k + k.T)).to(torch.float64).cpu()
+        self.out_dtype = in_dtype
+        self.k = k.cpu()
         y, self._squeeze = _targets(y_train, self.n, loss)
         self.y = y.to(torch.float64).cpu()
         self.learning_rate = check_positive(learning_rate, "learning_rate")

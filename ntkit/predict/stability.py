@@ -55,13 +55,12 @@ def max_learning_rate(
     >>> max_learning_rate(torch.diag(torch.tensor([4.0, 1.0])))
     1.0
     """
-    k = check_train_kernel(k_train_train)
+    k, _ = check_train_kernel(k_train_train, dtype=torch.float64)
     m = float(momentum)
     if not np.isfinite(m) or not 0.0 <= m < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     n = float(k.shape[0]) if loss_normalization is None else check_positive(loss_normalization, "loss_normalization")
-    kd = k.to(torch.float64)
-    lmax = float(torch.linalg.eigvalsh(0.5 * (kd + kd.T))[-1])
+    lmax = float(torch.linalg.eigvalsh(k)[-1])
     if lmax <= 0:
         raise ValueError(f"k_train_train has no positive eigenvalue (largest {lmax:.3g}); every step size is stable")
     return 2.0 * (1.0 + m) * n / lmax
