@@ -131,3 +131,21 @@ def test_approx_errors():
         D.relu_random_features(x, 10, depth=0)
     with pytest.raises(ValueError, match="W_std"):
         D.ntk_relu_fc(x, W_std=float("nan"))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_ntk_relu_fc_matches_layer_algebra(depth):
+    # two independent implementations: the closed-form recursion here vs ntkit.layers' Dense/Relu maps
+    from ntkit import layers as L
+
+    x, _ = _data(30, 5)
+    layers = []
+    for _ in range(depth):
+        layers += [L.Dense(64, W_std=1.3, b_std=0.2), L.Relu()]
+    arch = L.serial(*layers, L.Dense(1, W_std=1.3, b_std=0.2))
+    k = arch.kernel(x, get=("nngp", "ntk"))
+    # on the diagonal c = 1 - O(eps) and arccos has slope -1/sqrt(1-c^2): rounding alone moves the angle by
+    # ~sqrt(2 eps) = 1.5e-8, so the two implementations may legitimately differ there by ~1e-8 relative
+    for get in ("nngp", "ntk"):
+        torch.testing.assert_close(D.ntk_relu_fc(x, depth=depth, W_std=1.3, b_std=0.2, get=get), getattr(k, get),
+                                   rtol=1e-7, atol=1e-9)
