@@ -67,7 +67,7 @@ class ElementwiseLayer(Layer):
 
     #: entries per block in :meth:`_map_cross` (a few MB per temporary: large enough for
     #: threaded elementwise kernels, small enough to stay in cache)
-    _BLOCK = 1 << 20
+    _BLOCK = 1 << 22
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -293,3 +293,17 @@ def test_activation_errors():
         L.serial(L.FanOut(2), L.Relu()).kernel(torch.randn(2, 3))
     with pytest.raises(ValueError, match="infinite"):
         L.serial(L.Dense(4, W_std=3.0), L.Gaussian(1.0, 0.5)).kernel(torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("act", [L.Relu(), L.Erf(), L.Gelu(), L.RectifiedMonomial(2)], ids=repr)
+def test_blocked_and_in_place_paths_equal_plain(act, monkeypatch):
+    """Row-blocked, in-place evaluation (used inside arch.kernel) = one-shot out-of-place evaluation."""
+    x = torch.randn(23, 4, 3, dtype=F64)
+    arch = L.serial(L.Dense(8, b_std=0.2), act, L.Dense(8), act, L.Dense(1))
+    for diag in (False, True):
+        plain = arch.apply_kernel(input_kernel(x, None, diagonal_spatial=diag))
+        monkeypatch.setattr(type(act), "_BLOCK", 50)  # several rows per block, ragged last block
+        owned = arch._apply_owned(input_kernel(x, None, diagonal_spatial=diag), True)[0]
+        monkeypatch.undo()
+        torch.testing.assert_close(owned.nngp, plain.nngp, atol=1e-13, rtol=1e-12)
+        torch.testing.assert_close(owned.ntk, plain.ntk, atol=1e-13, rtol=1e-12)
