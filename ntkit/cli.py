@@ -123,11 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # for tests
     r.add_argument("--out", default="ntkit-report", help="output folder (created; default: ./ntkit-report)")
     r.add_argument("--seed", type=int, default=0, help="random seed (data split and network draws)")
-    r.add_argument("--n-train", type=_positive_int, help="training examples (default 500; 300 with --quick)")
+    r.add_argument("--n-train", type=_positive_int, help="training examples (default 500; 200 with --quick)")
     r.add_argument("--n-test", type=_positive_int, help="test examples (default 300)")
     r.add_argument("--widths", type=_positive_int, nargs="+", help="widths for the kernel convergence (step 1)")
     r.add_argument("--train-widths", type=_positive_int, nargs="+", help="widths of the trained networks")
-    r.add_argument("--steps", type=_positive_int, help="gradient-descent steps (default 400; 200 with --quick)")
+    r.add_argument("--steps", type=_positive_int, help="gradient-descent steps (default 300; 150 with --quick)")
+    r.add_argument("--threads", type=_positive_int,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a busy shared machine)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -173,6 +175,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         raise CLIError(f"refusing to write into {out}: it is a symbolic link", EXIT_USAGE)
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--out {out} exists and is not a folder", EXIT_USAGE)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:
