@@ -106,6 +106,7 @@ class GlobalSelfAttention(Layer):
     """
 
     is_affine = True
+    _fresh_output = True  # outputs are newly allocated
 
     def __init__(self, n_chan_out: int, n_chan_key: int, n_chan_val: int, n_heads: int = 1,
                  linear_scaling: bool = True, W_key_std: float = 1.0, W_value_std: float = 1.0,

@@ -214,6 +214,7 @@ class Conv(Layer):
     """
 
     is_affine = True
+    _fresh_output = True  # apply_kernel returns tensors it allocated: the next layer may overwrite them
 
     def __init__(self, out_chan: int, filter_shape: int | Sequence[int], strides: int | Sequence[int] | None = None,
                  padding: str = "VALID", W_std: float = 1.0, b_std: float | None = None,

@@ -89,6 +89,8 @@ class LayerNorm(Layer):
     torch.Size([3, 3])
     """
 
+    _fresh_output = True  # outputs are newly allocated
+
     def __init__(self, axis: int | Sequence[int] = 1, eps: float = 1e-5) -> None:
         axes = (axis,) if isinstance(axis, int) else tuple(axis)
         if not axes or any(not isinstance(a, int) or isinstance(a, bool) for a in axes):

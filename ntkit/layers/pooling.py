@@ -65,6 +65,7 @@ class _PoolModule(nn.Module):
 
 class _Pool(Layer):
     _sum = False
+    _fresh_output = True  # outputs are newly allocated
 
     def __init__(self, window_shape: int | Sequence[int], strides: int | Sequence[int] | None = None,
                  padding: str = "VALID") -> None:
@@ -186,6 +187,7 @@ class _GlobalModule(nn.Module):
 
 class _GlobalPool(Layer):
     _sum = False
+    _fresh_output = True
 
     def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
         name = type(self).__name__
@@ -280,6 +282,11 @@ class Flatten(Layer):
 
     def needs_full_spatial(self, full_out: bool) -> bool:
         return False
+
+    def _apply_owned(self, k: KernelOrList, owned: bool) -> tuple[KernelOrList, bool]:
+        out = self.apply_kernel(k)
+        # spatial inputs give new tensors; flat ones are passed through unchanged
+        return out, owned if out is k else True
 
     def apply_kernel(self, k: KernelOrList) -> KernelOrList:
         if isinstance(k, list):
