@@ -21,13 +21,13 @@ def _exact(K: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
 
 @pytest.mark.parametrize("preconditioner", [None, "pivoted_cholesky", "nystrom"])
 def test_cg_matches_direct_solve(preconditioner):
-    K = _rbf(300)
-    y = torch.randn(300, 3, dtype=torch.float64)
-    res = D.cg_solve(K, y, ridge=1e-3, preconditioner=preconditioner, rank=40, tol=1e-11)
-    exact = _exact(K, y, 1e-3)
+    K = _rbf(200)
+    y = torch.randn(200, 3, dtype=torch.float64)
+    res = D.cg_solve(K, y, ridge=1e-2, preconditioner=preconditioner, rank=40, tol=1e-11)
+    exact = _exact(K, y, 1e-2)
     assert res.converged and res.relative_residual < 1e-10
-    # forward error <= cond(A) * backward error; cond(K + 1e-3 I) <= (||K|| + 1e-3) / 1e-3
-    cond = (torch.linalg.matrix_norm(K, 2) + 1e-3) / 1e-3
+    # forward error <= cond(A) * backward error; cond(K + 1e-2 I) <= (||K|| + 1e-2) / 1e-2
+    cond = (torch.linalg.matrix_norm(K, 2) + 1e-2) / 1e-2
     err = torch.linalg.vector_norm(res.x - exact, dim=0) / torch.linalg.vector_norm(exact, dim=0)
     assert float(err.max()) <= float(cond) * 1e-10
 
