@@ -170,12 +170,15 @@ def _run(
     from . import jacobian, ntvp, structured
 
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
-    plan = None
-    if method in ("auto", "structured"):
-        plan = structured.analyse(ctx, x1)
-    if method == "auto":
-        method = _auto(ctx, x1, n2, output, memory_budget, plan)
-    with torch.inference_mode(False):
+    with torch.inference_mode(False), torch.enable_grad():
+        # tensors made under torch.inference_mode() cannot enter autograd graphs: use normal copies
+        x1 = x1.clone() if x1.is_inference() else x1
+        x2 = x2.clone() if x2 is not None and x2.is_inference() else x2
+        plan = None
+        if method in ("auto", "structured"):
+            plan = structured.analyse(ctx, x1)
+        if method == "auto":
+            method = _auto(ctx, x1, n2, output, memory_budget, plan)
         if method == "structured":
             out = structured.compute(ctx, x1, x2, output, batch_size, memory_budget, progress, plan=plan)
         elif method == "ntvp":

@@ -117,6 +117,10 @@ def test_under_no_grad_and_inference_mode(net_x):
     with torch.no_grad():
         torch.testing.assert_close(nk.empirical_ntk(net, x1, method="structured"), ref)
         torch.testing.assert_close(nk.empirical_ntk(net, x1, method="jacobian"), ref)
+    with torch.inference_mode():
+        xi = x1.clone()
+        for method in ("jacobian", "ntvp", "structured"):
+            torch.testing.assert_close(nk.empirical_ntk(net, xi, method=method), ref)
 
 
 # --- NNGP -----------------------------------------------------------------------------------------
