@@ -3,7 +3,8 @@
 * :func:`kernel` — kernel matrices sharded over ``torch.distributed`` ranks
   into a resumable on-disk :class:`KernelStore`;
 * :func:`cg_solve` / :class:`KernelOperator` — preconditioned conjugate
-  gradients for ``(K + λI) α = y`` where each rank multiplies only its rows;
+  gradients for ``(K + λI) α = y`` where each rank multiplies only its rows
+  (read from a store, or recomputed each time with ``KernelOperator.matrix_free``);
   preconditioners :func:`pivoted_cholesky` and :func:`nystrom_factor`;
 * :func:`nystrom`, :func:`relu_random_features` — single-machine
   low-rank approximations ``K ≈ ΦΦᵀ`` with O(n r) memory.

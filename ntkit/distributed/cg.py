@@ -93,7 +93,10 @@ class KernelOperator:
         self._store: KernelStore | None = None
         self._dense: torch.Tensor | None = None
         self._array: np.ndarray | None = None
-        if isinstance(K, KernelStore):
+        self._fn: Any = None
+        if isinstance(K, _MatrixFree):
+            self._fn, shape = K, (K.n, K.n)
+        elif isinstance(K, KernelStore):
             if name is None:
                 name = "ntk" if "ntk" in K.names else (K.names[0] if len(K.names) == 1 else None)
                 if name is None:
@@ -127,8 +130,44 @@ class KernelOperator:
         self._chunk = max(1, int(budget // (self.n * 16)))
         self.matvecs = 0
 
+    @classmethod
+    def matrix_free(
+        cls,
+        source: Any,
+        x: Any,
+        *,
+        get: str = "ntk",
+        ridge: float = 0.0,
+        memory_budget: int | str = "256MB",
+        group: Any = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> KernelOperator:
+        """An operator that recomputes its rows of K inside every product instead of storing K.
+
+        O(n) memory and no disk, at the price of recomputing n²/R kernel
+        entries per product on each of R ranks (the only exact option once
+        n² numbers no longer fit anywhere; see ``docs/scaling.md``).
+        ``source`` is an ntkit layer, an ``nn.Module`` or ``fn(a, b)`` as in
+        :func:`ntkit.distributed.kernel`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> x = torch.randn(20, 3, dtype=torch.float64)
+        >>> lin = lambda a, b: a @ (a if b is None else b).T
+        >>> op = KernelOperator.matrix_free(lin, x, get="k", ridge=1.0)
+        >>> v = torch.randn(20, dtype=torch.float64)
+        >>> bool(torch.allclose(op.matmul(v), x @ (x.T @ v) + v))
+        True
+        """
+        return cls(_MatrixFree(source, x, get, dtype), ridge=ridge, memory_budget=memory_budget,
+                   group=group, device=device)
+
     # ---- access to K ------------------------------------------------------------------
     def _read(self, r0: int, r1: int) -> torch.Tensor:
+        if self._fn is not None:
+            return self._fn.rows(r0, r1)
         if self._store is not None:
             return torch.from_numpy(self._store.read_rows(self.name, r0, r1))
         if self._dense is not None:
@@ -138,6 +177,8 @@ class KernelOperator:
     def row_set(self, idx: Sequence[int]) -> torch.Tensor:
         """Rows ``K[idx, :]`` as float64 (read on this rank only; no ridge)."""
         idx = [int(i) for i in idx]
+        if self._fn is not None:
+            return self._fn.row_set(idx)
         if self._store is not None:
             return torch.from_numpy(self._store.read_row_set(self.name, idx)).to(torch.float64)
         if self._dense is not None:
@@ -146,6 +187,8 @@ class KernelOperator:
 
     def diagonal(self) -> torch.Tensor:
         """``diag(K)`` as float64 (no ridge)."""
+        if self._fn is not None:
+            return self._fn.diagonal()
         if self._store is not None:
             return torch.from_numpy(self._store.diagonal(self.name)).to(torch.float64)
         if self._dense is not None:
@@ -176,6 +219,34 @@ class KernelOperator:
         return out[:, 0] if squeeze else out
 
     __matmul__ = matmul
+
+
+class _MatrixFree:
+    """Rows of K computed on demand from a kernel source (see :meth:`KernelOperator.matrix_free`)."""
+
+    def __init__(self, source: Any, x: Any, get: str, dtype: torch.dtype) -> None:
+        from .kernel import _tile_function
+
+        if not isinstance(get, str):
+            raise TypeError(f"get must be one name such as 'ntk', got {get!r}")
+        self.x = as_input_tensor(x, "x", dtype=dtype, min_ndim=2)
+        self.n = int(self.x.shape[0])
+        self.get = get
+        self._fn, _ = _tile_function(source, (get,), None, dtype)
+
+    def _k(self, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            return self._fn(a, b)[self.get].detach().to(torch.float64)
+
+    def rows(self, r0: int, r1: int) -> torch.Tensor:
+        return self._k(self.x[r0:r1], self.x)
+
+    def row_set(self, idx: list[int]) -> torch.Tensor:
+        return self._k(self.x[idx], self.x)
+
+    def diagonal(self, chunk: int = 256) -> torch.Tensor:
+        parts = [torch.diagonal(self._k(self.x[a:a + chunk], None)) for a in range(0, self.n, chunk)]
+        return torch.cat(parts)
 
 
 class LowRankPreconditioner:

@@ -92,3 +92,20 @@ def test_cg_errors():
         D.cg_solve(K, torch.ones(10), ridge=1.0, preconditioner="jacobi")
     with pytest.raises(TypeError, match="K must be"):
         D.cg_solve([[1.0]], torch.ones(1))
+
+
+def test_matrix_free_operator_matches_stored_kernel():
+    from ntkit import layers as L
+
+    arch = L.serial(L.Dense(64, W_std=1.4, b_std=0.1), L.Relu(), L.Dense(1, W_std=1.4, b_std=0.1))
+    x = torch.randn(120, 4, dtype=torch.float64)
+    y = torch.randn(120, dtype=torch.float64)
+    K = arch.kernel(x, get="ntk").ntk
+    op = D.KernelOperator.matrix_free(arch, x, ridge=0.05, memory_budget=120 * 16 * 25)  # 25-row chunks
+    K_mf = op.matmul(torch.eye(120, dtype=torch.float64)) - 0.05 * torch.eye(120, dtype=torch.float64)
+    # rows are computed as cross kernels x[rows] vs x: on the diagonal arccos(1 - O(eps)) may differ from the
+    # symmetric computation by ~sqrt(2 eps) relative, hence 1e-7 here rather than 1e-12
+    torch.testing.assert_close(K_mf, K, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(op.diagonal(), torch.diagonal(K), rtol=1e-12, atol=1e-12)
+    res = D.cg_solve(op, y, preconditioner="pivoted_cholesky", rank=20, tol=1e-11)
+    torch.testing.assert_close(res.x, _exact(K_mf, y, 0.05), rtol=1e-8, atol=1e-8)
