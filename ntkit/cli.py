@@ -271,6 +271,8 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
             else:
                 k = arch.kernel(x1t[s1], (x1t if x2t is None else x2t)[s2], get=gets, dtype=dtype)
             vals = {g: getattr(k, g).detach().cpu().numpy() for g in gets}
+            if symmetric and s1 == s2:  # a diagonal tile of a symmetric kernel: make it exactly symmetric
+                vals = {g: (v + v.T) / 2 if v.ndim == 2 else v for g, v in vals.items()}
             for g, v in vals.items():
                 if v.ndim != 2:
                     raise CLIError(f"the architecture's {g} has shape {v.shape}; it must end with a flat output",
@@ -289,6 +291,9 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
             arrays = {g: np.asarray(store.array(g)) for g in gets}
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays, spec=np.array(repr(arch)))
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files
             os.replace(tmp, out)
         finally:
             if os.path.exists(tmp):

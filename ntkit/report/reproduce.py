@@ -434,12 +434,20 @@ def _save(ctx: Context, fig: Any, name: str) -> str:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=90, bbox_inches="tight")
+        _chmod_readable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
         _plt().close(fig)
     return rel
+
+
+def _chmod_readable(path: str) -> None:
+    """mkstemp files are 0600; give outputs the usual 0666 & ~umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _safe_target(out_dir: str, rel: str) -> str:
@@ -1148,6 +1156,7 @@ def _write_atomic(out_dir: str, rel: str, data: bytes) -> str:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        _chmod_readable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
