@@ -27,7 +27,7 @@ from .base import BuildContext, KernelOrList, Layer, ShapeOrList
 from .conv import _as_tuple, _check_spatial_kernel, _plan, _shift_sum, _spatial_axes
 from .kernel import Kernel, position_variance
 
-__all__ = ["AvgPool", "SumPool", "GlobalAvgPool", "GlobalSumPool", "Flatten"]
+__all__ = ["AvgPool", "SumPool", "GlobalAvgPool", "GlobalSumPool", "Flatten", "ImageResize"]
 
 _PADDINGS = ("VALID", "SAME", "CIRCULAR")
 
@@ -317,3 +317,100 @@ class Flatten(Layer):
 
     def build(self, shape: ShapeOrList, ctx: BuildContext) -> nn.Module:
         return _FlattenModule()
+
+
+def _resize_matrix(length: int, out_len: int, method: str, dtype: torch.dtype, device: object) -> torch.Tensor:
+    """``(out_len, length)`` matrix of the 1-D resize the finite module performs (F.interpolate)."""
+    eye = torch.eye(length, dtype=torch.float64).unsqueeze(1)  # (length, 1, length): one impulse per row
+    mode = "nearest" if method == "nearest" else "linear"
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    out = F.interpolate(eye, size=out_len, mode=mode, **kw)[:, 0, :]  # (length, out_len)
+    return out.T.to(dtype=dtype, device=device)
+
+
+class _ResizeModule(nn.Module):
+    def __init__(self, size: tuple[int, ...], method: str) -> None:
+        super().__init__()
+        self.size, self.method = size, method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nd = len(self.size)
+        if self.method == "nearest":
+            return F.interpolate(x, size=self.size, mode="nearest")
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
+        return F.interpolate(x, size=self.size, mode=mode, align_corners=False)
+
+
+class ImageResize(Layer):
+    """Resize the spatial axes to ``shape`` like ``torch.nn.functional.interpolate``.
+
+    ``method="nearest"`` picks positions (only the diagonal is needed);
+    ``"linear"`` interpolates (``align_corners=False``), a linear map ``R`` on
+    each spatial axis, so ``q' = R q R^T`` on both position axes (needs the
+    full covariance).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ntkit import layers as L
+    >>> arch = L.serial(L.Conv(4, 3, padding="SAME"), L.ImageResize((10,), "linear"), L.Flatten())
+    >>> arch.kernel(torch.randn(2, 1, 5), get="nngp").nngp.shape
+    torch.Size([2, 2])
+    """
+
+    _fresh_output = True
+
+    def __init__(self, shape: int | Sequence[int], method: str = "nearest") -> None:
+        if isinstance(shape, int):
+            shape = (shape,)
+        self.shape = _as_tuple(tuple(shape), len(tuple(shape)), "ImageResize: shape")
+        self.method = str(check_choice(method, "ImageResize: method", ("nearest", "linear")))
+
+    def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
+        shape = _single(shape, "ImageResize")
+        if len(shape) != len(self.shape) + 1:
+            raise ValueError(f"ImageResize to {self.shape} needs per-example shape (C, *S) with {len(self.shape)} "
+                             f"spatial dims, got {shape}")
+        if len(self.shape) > 3:
+            raise ValueError("ImageResize supports at most 3 spatial dimensions")
+        return (shape[0],) + self.shape
+
+    def needs_full_spatial(self, full_out: bool) -> bool:
+        return full_out or self.method == "linear"
+
+    def apply_kernel(self, k: KernelOrList) -> KernelOrList:
+        nd = len(self.shape)
+        k = _check_spatial_kernel(k, "ImageResize", nd)
+        self.output_shape(k.shape)
+        if k.diagonal_spatial and self.method == "linear":
+            raise ValueError("ImageResize(method='linear') needs the full spatial covariance but received a "
+                             "diagonal-only kernel; the layout requirement was not propagated")
+        ref = k.var1
+        mats = [_resize_matrix(L_in, L_out, self.method, ref.dtype, ref.device)
+                for L_in, L_out in zip(k.spatial_shape, self.shape, strict=True)]
+
+        def rmap(t: torch.Tensor | None, n_batch: int) -> torch.Tensor | None:
+            if t is None:
+                return None
+            for i, r in enumerate(mats):
+                for a in _spatial_axes(n_batch, nd, i, k.diagonal_spatial):
+                    if self.method == "nearest":
+                        t = t.index_select(a, r.argmax(1))
+                    else:
+                        t = torch.tensordot(t, r, dims=([a], [1])).movedim(-1, a)
+            return t.contiguous()
+
+        var1 = rmap(k.var1, 1)
+        var2 = var1 if k.var2 is k.var1 else rmap(k.var2, 1)
+        return k.replace(nngp=rmap(k.nngp, 2), ntk=rmap(k.ntk, 2), var1=var1, var2=var2,
+                         shape=self.output_shape(k.shape))
+
+    def _bytes_per_pair(self, shape: ShapeOrList, full: bool, itemsize: int) -> tuple[float, ShapeOrList]:
+        out = self.output_shape(shape)
+        p_in, p_out = math.prod(shape[1:]), math.prod(out[1:])
+        cells = (p_in + p_out) ** 2 if full else p_in + p_out
+        return float(3 * cells * itemsize), out
+
+    def build(self, shape: ShapeOrList, ctx: BuildContext) -> nn.Module:
+        self.output_shape(shape)
+        return _ResizeModule(self.shape, self.method)

@@ -113,3 +113,21 @@ def test_requirements():
     arch = L.serial(L.Conv(4, 3), L.Relu(), L.AvgPool(2), L.Flatten(), L.Dense(1))
     assert arch.needs_full_spatial(False) is True  # pooling before Flatten still needs the full covariance
     assert math.isfinite(arch._bytes_per_pair((2, 8), True, 8)[0])
+
+
+@pytest.mark.parametrize("method", ["nearest", "linear"])
+@pytest.mark.parametrize("size", [(7, 3), (3, 8)])
+def test_image_resize_after_conv_is_exact(method, size):
+    arch = L.serial(L.Conv(3, (2, 2), padding="SAME", W_std=1.1, b_std=0.2), L.ImageResize(size, method))
+    x1, x2 = torch.randn(2, 2, 5, 4, dtype=torch.float64), torch.randn(3, 2, 5, 4, dtype=torch.float64)
+    k, th = _exact_vs_finite(arch, x1, x2)
+    assert k.ntk.shape == th.shape
+    torch.testing.assert_close(k.ntk, th)
+    if method == "nearest":  # needs only the diagonal
+        assert arch.needs_full_spatial(False) is False
+        kd = arch.apply_kernel(input_kernel(x1, x2, diagonal_spatial=True))
+        torch.testing.assert_close(kd.ntk, diag_of_full(th, 2))
+    else:
+        assert arch.needs_full_spatial(False) is True
+        with pytest.raises(ValueError, match="full spatial covariance"):
+            arch.apply_kernel(input_kernel(x1, x2, diagonal_spatial=True))
