@@ -157,3 +157,14 @@ def test_jsonable():
     out = R._jsonable({"a": float("nan"), "b": np.float32(1.5), "c": torch.tensor([1.0, float("inf")]),
                        "d": (1, 2)})
     assert out == {"a": None, "b": 1.5, "c": [1.0, None], "d": [1, 2]}
+
+
+@pytest.mark.slow
+def test_cnn_tiny_end_to_end(tmp_path):
+    out = tmp_path / "cnn"
+    assert main(["reproduce", "--arch", "cnn", "--tiny", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["dataset"]["input_shape"] == [1, 8, 8]
+    assert m["steps"]["kernel_convergence"]["metrics"]["ntk"]["slope"] < 0
+    rows = m["steps"]["test_performance"]["metrics"]["rows"]
+    assert rows[0]["test_accuracy"] > m["steps"]["test_performance"]["metrics"]["chance_accuracy"] + 0.2
