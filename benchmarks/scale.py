@@ -3,7 +3,7 @@
 For each size n and rank count R it launches ``torchrun`` (gloo, loopback
 only) with R workers; each worker computes its row blocks of the depth-2
 ReLU NTK (784-dim inputs, ``arch.kernel`` per 2048x2048 tile, float32) into
-an on-disk store with :func:`ntkit.distributed.kernel`, then (for the sizes
+an on-disk store with :func:`ntkit.distributed.kernel` (``durable=False``: no fsync per tile), then (for the sizes
 in ``--cg-sizes``) solves ``(K + λI) α = Y`` for the 10 one-hot class columns
 with :func:`ntkit.distributed.cg_solve` to 1e-6 relative residual (float64
 recurrences, pivoted-Cholesky preconditioner). Each worker reports its own
