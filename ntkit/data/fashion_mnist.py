@@ -112,7 +112,7 @@ def load_fashion_mnist(
     Examples
     --------
     >>> x, y = load_fashion_mnist("test")  # doctest: +SKIP
-    >>> x.shape
+    >>> x.shape  # doctest: +SKIP
     (10000, 784)
     """
     if split not in _FILES:
