@@ -207,8 +207,8 @@ def prepare_data(cfg: ReproduceConfig) -> tuple[torch.Tensor, ...] | Any:
         xtr_all, ytr_all, xte_all, yte_all = _split(x, y, rng, cfg)
         info = {"name": "digits", "source": "scikit-learn bundled 8x8 digits", "n_total": int(len(y))}
     elif name in ("fashion-mnist", "fashion_mnist", "fmnist"):
-        xtr_all, ytr_all = D.load_fashion_mnist("train", images=True, dtype=np.float64)
-        xte_all, yte_all = D.load_fashion_mnist("test", images=True, dtype=np.float64)
+        xtr_all, ytr_all = D.load_fashion_mnist("train", images=True, dtype=np.float32)
+        xte_all, yte_all = D.load_fashion_mnist("test", images=True, dtype=np.float32)
         info = {"name": "fashion-mnist", "source": "Debian dataset-fashion-mnist IDX files",
                 "n_total": int(len(ytr_all) + len(yte_all))}
     else:

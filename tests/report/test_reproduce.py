@@ -168,3 +168,10 @@ def test_cnn_tiny_end_to_end(tmp_path):
     assert m["steps"]["kernel_convergence"]["metrics"]["ntk"]["slope"] < 0
     rows = m["steps"]["test_performance"]["metrics"]["rows"]
     assert rows[0]["test_accuracy"] > m["steps"]["test_performance"]["metrics"]["chance_accuracy"] + 0.2
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="dataset-fashion-mnist not installed")
+def test_prepare_fashion_mnist_uses_official_split():
+    cfg = R.ReproduceConfig.preset("tiny", dataset="fashion-mnist", arch="cnn")
+    xtr, ytr, xte, yte, ltr, lte, info = R.prepare_data(cfg)
+    assert tuple(xtr.shape[1:]) == (1, 28, 28) and info["n_total"] == 70000 and ytr.shape[1] == 10
