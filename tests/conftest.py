@@ -1,14 +1,16 @@
-"""Shared test fixtures: float64 by default for exact comparisons, seeded RNG."""
+"""Shared test configuration.
+
+Tests use one intra-op thread: they work on small tensors, where thread start-up and
+oversubscription (CI machines have 2 cores, often shared) cost far more than they save.
+"""
 
 import pytest
 import torch
 
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed():
     torch.manual_seed(0)
     yield
-
-
-def pytest_configure(config):
-    torch.set_num_threads(max(1, torch.get_num_threads()))
