@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--with-nt", action="store_true", help="also run neural-tangents (reference env)")
     ap.add_argument("--nt-gap-max-n", type=int, default=64, help="skip neural-tangents GAP above this n")
     ap.add_argument("--deep", action="store_true", help="also the 21-layer README CNN")
+    ap.add_argument("--only-deep", action="store_true", help="run only the 21-layer README CNN cases")
     ap.add_argument("--deep-n", type=int, nargs=2, default=[8, 64], metavar=("N_GAP", "N_FLATTEN"))
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads for ntkit (0: torch's default); 1 is much faster on a loaded machine")
@@ -163,8 +164,8 @@ def main() -> None:
     with open(nt_py, "w") as f:
         f.write(_NT_WORKER)
 
-    cases = [("cnn", h, n, d) for d in args.dtypes for h in args.heads for n in args.ns]
-    if args.deep:
+    cases = [] if args.only_deep else [("cnn", h, n, d) for d in args.dtypes for h in args.heads for n in args.ns]
+    if args.deep or args.only_deep:
         cases += [("deep", "gap", args.deep_n[0], "float32"), ("deep", "flatten", args.deep_n[1], "float32")]
 
     print(f"{'arch':5} {'head':8} {'n':>4} {'dtype':8} | {'ours s':>8} {'ours GB':>8} | {'NT s':>8} {'NT GB':>8} | "
