@@ -57,11 +57,35 @@ _NORM_KINDS = ("layernorm", "groupnorm", "batchnorm")
 
 
 def _forward_is(m: nn.Module, base: type) -> bool:
-    return type(m).forward is base.forward
+    # an instance attribute ``forward`` (monkeypatched) overrides the class method
+    return type(m).forward is base.forward and "forward" not in vars(m)
+
+
+def _ntkit_kind(m: nn.Module) -> str | None:
+    """Rule for the finite modules built by :mod:`ntkit.layers` (exact type, unmodified forward)."""
+    from ..layers.conv import _ConvModule  # lazy: ntkit.layers imports ntkit.empirical indirectly
+    from ..layers.dense import _DenseModule
+
+    if type(m) is _DenseModule and _forward_is(m, _DenseModule):
+        return "ntk_dense"
+    if type(m) is _ConvModule and _forward_is(m, _ConvModule):
+        if m.weight.ndim in (3, 4):  # 1-D and 2-D filters (unfold is 2-D only)
+            return "ntk_conv"
+    return None
+
+
+def _scales(site: Site) -> tuple[float, float]:
+    """(weight, bias) multipliers applied inside the module's forward (1 for torch layers)."""
+    if site.kind in ("ntk_dense", "ntk_conv"):
+        return float(site.module.w_scale), float(site.module.b_scale)
+    return 1.0, 1.0
 
 
 def _site_kind(m: nn.Module) -> str | None:
     """The structured rule that applies to module ``m``, or ``None``."""
+    kind = _ntkit_kind(m)
+    if kind is not None:
+        return kind
     if isinstance(m, nn.Linear) and _forward_is(m, nn.Linear):
         return "linear"
     for base in (nn.Conv1d, nn.Conv2d):
@@ -228,6 +252,18 @@ def _linear_like(site: Site, calls: list[tuple[Any, torch.Tensor]]) -> tuple[tor
         if site.kind == "linear":
             As.append(inp.reshape(n, -1, inp.shape[-1]))
             Gs.append(g.reshape(n, c, -1, g.shape[-1]))
+        elif site.kind == "ntk_dense":  # features on axis 1 of (n, C, *S): positions are S
+            As.append(inp.reshape(n, inp.shape[1], -1).transpose(1, 2))
+            Gs.append(g.reshape(n, c, g.shape[2], -1).transpose(2, 3))
+        elif site.kind == "ntk_conv":  # explicit F.pad (constant or circular), then a strided, unpadded conv
+            if any(m._pad):
+                inp = F.pad(inp, m._pad, mode="circular" if m.circular else "constant")
+            ks, st = tuple(m.weight.shape[2:]), tuple(m.strides)
+            if len(ks) == 1:
+                inp = inp.unsqueeze(2)
+                ks, st = (1, ks[0]), (1, st[0])
+            As.append(F.unfold(inp, ks, stride=st).transpose(1, 2))
+            Gs.append(g.reshape(n, c, g.shape[2], -1).transpose(2, 3))
         elif site.kind == "embedding":
             ids = inp.reshape(n, -1)
             if m.padding_idx is not None:
@@ -247,9 +283,11 @@ def _linear_like(site: Site, calls: list[tuple[Any, torch.Tensor]]) -> tuple[tor
             patches = F.unfold(inp, ks, dilation=dl, padding=pad, stride=st)  # (n, D, L)
             As.append(patches.transpose(1, 2))
             Gs.append(g.reshape(n, c, g.shape[2], -1).transpose(2, 3))
-    if len(As) == 1:
-        return As[0], Gs[0]
-    return torch.cat(As, 1), torch.cat(Gs, 2)
+    A, G = (As[0], Gs[0]) if len(As) == 1 else (torch.cat(As, 1), torch.cat(Gs, 2))
+    ws, _ = _scales(site)
+    if ws != 1.0:  # y = ws·(W a) + ...: fold the weight scale into the inputs
+        A = A * ws
+    return A, G
 
 
 def _norm_jacobians(site: Site, calls: list[tuple[Any, torch.Tensor]]) -> list[torch.Tensor]:
@@ -297,10 +335,12 @@ def _site_features(sites: list[Site], captured: list[list[tuple[Any, torch.Tenso
             continue
         A, G = _linear_like(site, calls)
         n, c, T, O = G.shape
+        bs = _scales(site)[1]
         if site.strategy == "pair":
-            lin.append((site, A, G))
+            if T == 1 or site.weight is not None:  # bias-only, several positions: the Σ_t g_t term below
+                lin.append((site, A, G))
             if T > 1 and site.bias is not None:
-                jac.append(G.sum(2))
+                jac.append(G.sum(2) * bs if bs != 1.0 else G.sum(2))
             continue
         if site.weight is not None:
             if site.kind == "embedding":
@@ -310,7 +350,7 @@ def _site_features(sites: list[Site], captured: list[list[tuple[Any, torch.Tenso
             else:
                 jac.append(torch.einsum("ncto,ntd->ncod", G, A).reshape(n, c, -1))
         if site.bias is not None:
-            jac.append(G.sum(2))
+            jac.append(G.sum(2) * bs if bs != 1.0 else G.sum(2))
     return _Feat(lin, jac)
 
 
@@ -338,16 +378,17 @@ def _pair_site(site: Site, A1, G1, A2, G2, full: bool) -> torch.Tensor:
     n2 = G2.shape[0]
     AA = _aa(site, A1, A2).to(G1.dtype) if site.weight is not None else None
     if T == 1:
+        bs2 = _scales(site)[1] ** 2
         if AA is None:
-            AA = torch.ones((), dtype=G1.dtype, device=G1.device)
+            AA = torch.full((), bs2, dtype=G1.dtype, device=G1.device)
         else:
             AA = AA[:, :, 0, 0]
             if site.bias is not None:
-                AA = AA + 1
+                AA = AA + bs2
         g1, g2 = G1[:, :, 0], G2[:, :, 0]
         if full:
             GG = (g1.reshape(n1 * k, O) @ g2.reshape(n2 * k, O).T).reshape(n1, k, n2, k).permute(0, 2, 1, 3)
-            return AA[..., None, None] * GG if AA.ndim else GG
+            return AA[..., None, None] * GG if AA.ndim else AA * GG
         return AA * (g1.reshape(n1, -1) @ g2.reshape(n2, -1).T)
     if full:
         GG = (G1.reshape(n1 * k * T, O) @ G2.reshape(n2 * k * T, O).T).reshape(n1, k, T, n2, k, T)
@@ -360,10 +401,11 @@ def _diag_site(site: Site, A, G, full: bool) -> torch.Tensor:
     n, k, T, O = G.shape
     AA = _aa(site, A, None).to(G.dtype) if site.weight is not None else None
     if T == 1:
+        bs2 = _scales(site)[1] ** 2
         if AA is None:
-            AA = torch.ones(n, dtype=G.dtype, device=G.device)
+            AA = torch.full((n,), bs2, dtype=G.dtype, device=G.device)
         else:
-            AA = AA[:, 0, 0] + (1 if site.bias is not None else 0)
+            AA = AA[:, 0, 0] + (bs2 if site.bias is not None else 0)
         g = G[:, :, 0]
         if full:
             return AA[:, None, None] * torch.bmm(g, g.transpose(1, 2))
@@ -413,7 +455,7 @@ def _reconstruct(site: Site, calls: list[tuple[Any, torch.Tensor]]) -> dict[str,
         else:
             out[site.weight] = torch.einsum("nto,ntd->od", g, A)
     if site.bias is not None:
-        out[site.bias] = g.sum((0, 1))
+        out[site.bias] = g.sum((0, 1)) * _scales(site)[1]
     return out
 
 
