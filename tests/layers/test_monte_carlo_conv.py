@@ -29,14 +29,6 @@ def _check(arch, x, n_samples, width, depth, what):
     return exact, mc
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _x(n, *shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, *shape, generator=g, dtype=torch.float64)

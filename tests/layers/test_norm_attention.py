@@ -17,14 +17,6 @@ from .test_conv import assert_mc_close, empirical_kernels, monte_carlo
 K_SE = 5.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _x(n, *shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, *shape, generator=g, dtype=torch.float64)
