@@ -93,6 +93,7 @@ class ElementwiseLayer(Layer):
         return float(5 * cells * itemsize), s
 
     _fresh_output = True
+    _tape_ok = True
 
     def apply_kernel(self, k: KernelOrList) -> KernelOrList:
         return self._apply(k, inplace=False)
@@ -105,15 +106,17 @@ class ElementwiseLayer(Layer):
         if isinstance(k, list):
             raise ValueError(f"{name} needs a single input, got a list of branches (close them with a FanIn first)")
         if k.nngp is None:
-            raise ValueError(f"{name}: the input kernel has no NNGP; activations need it")
+            if k.ntk is not None:
+                raise ValueError(f"{name}: the input kernel has an NTK but no NNGP; activations need it")
+            var1, var2 = self._map_vars(k, lambda v: self._map_self(v, k))  # variance pass
+            return k.replace(var1=var1, var2=var2, is_gaussian=False)
         v1, v2 = cross_variances(k)
         sym_diag = k.x1_is_x2 and k.nngp.ndim >= 2 and k.nngp.shape[0] == k.nngp.shape[1] == k.n1 == k.n2
         ntk_diag = None
         if sym_diag and k.ntk is not None:
             ntk_diag = torch.diagonal(k.ntk, 0, 0, 1).clone()
         t, ntk = self._map_cross(k.nngp, v1, v2, k.ntk, inplace=inplace)
-        var1 = self._map_self(k.var1, k)
-        var2 = var1 if k.var2 is k.var1 else self._map_self(k.var2, k)
+        var1, var2 = self._map_vars(k, lambda v: self._map_self(v, k))
         if sym_diag:
             # entries (i, i, ...) pair an input with itself: correlation exactly 1 at equal positions.
             # Rounding in the inputs' Gram matrix perturbs ρ by ~eps, which moves θ = arccos ρ by

@@ -108,6 +108,8 @@ class GlobalSelfAttention(Layer):
     is_affine = True
     _fresh_output = True  # outputs are newly allocated
 
+    _tape_ok = True
+
     def __init__(self, n_chan_out: int, n_chan_key: int, n_chan_val: int, n_heads: int = 1,
                  linear_scaling: bool = True, W_key_std: float = 1.0, W_value_std: float = 1.0,
                  W_out_std: float = 1.0, W_query_std: float = 1.0, b_std: float | None = None,
@@ -184,12 +186,12 @@ class GlobalSelfAttention(Layer):
             ntk = sandwich(k.ntk).mul_(s2).add_(nngp, alpha=2.0).add_(b2)
         if nngp is not None:
             nngp = nngp.add_(b2)
-        var1 = self_sandwich(k.var1, a1).mul_(s2).add_(b2)
-        var2 = var1 if k.var2 is k.var1 else self_sandwich(k.var2, a2).mul_(s2).add_(b2)
+        var1, var2 = self._map_vars(
+            k, lambda v: full_shape(self_sandwich(v, a1 if v is k.var1 else a2).mul_(s2).add_(b2), (v.shape[0],)))
         return k.replace(
             nngp=None if nngp is None else full_shape(nngp, (n1, n2)),
             ntk=None if ntk is None else full_shape(ntk, (n1, n2)),
-            var1=full_shape(var1, (n1,)), var2=full_shape(var2, (n2,)),
+            var1=var1, var2=var2,
             shape=self.output_shape(shape), is_gaussian=True,
         )
 

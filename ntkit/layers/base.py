@@ -22,7 +22,7 @@ requirements and readout layers for them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .._validation import as_input_tensor, check_feature_shapes_match
-from ..tiling import plan_blocks, tiled
+from ._tape import taped_vars
 from .kernel import Kernel, input_kernel
 
 __all__ = ["Layer", "BuildContext", "serial", "parallel", "FanOut", "FanInSum", "Identity",
@@ -95,6 +95,34 @@ class Layer:
         """
         out = self.apply_kernel(k)
         return out, self._fresh_output and not isinstance(out, list)
+
+    # ---- variance tape and fused input layers (private) -------------------------
+    #: the layer accepts variance-only kernels (``nngp = ntk = None``), as the variance pass of
+    #: a tiled kernel needs (see :mod:`ntkit.layers._tape`); combinators ask their children
+    _tape_ok: bool = False
+
+    def _supports_tape(self) -> bool:
+        return self._tape_ok
+
+    def _map_vars(self, k: Kernel, fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fn(k.var1), fn(k.var2))`` (one call when ``var2 is var1``), replayed from a tape in sub-tiles."""
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            v1 = fn(k.var1)
+            return v1, (v1 if k.var2 is k.var1 else fn(k.var2))
+
+        return taped_vars(self, compute)
+
+    def _apply_inputs(self, x1: torch.Tensor, x2: torch.Tensor | None, full: bool, compute_ntk: bool,
+                      var_only: bool = False) -> tuple[KernelOrList, bool]:
+        """The kernel after this layer from raw inputs (``x2=None``: ``x1`` with itself).
+
+        Layers that can map raw inputs more cheaply than "input kernel, then
+        ``apply_kernel``" override it (``Conv`` builds its output from
+        patches: one GEMM, no convolution of the input covariance).
+        """
+        k0 = input_kernel(x1, x2, diagonal_spatial=not full, compute_ntk=compute_ntk, var_only=var_only)
+        return self._apply_owned(k0, True)  # the input kernel is ours to overwrite
 
     # ---- structure helpers (overridden by combinators) ----------------------
     def _mark_readout(self, downstream_affine: bool, readout: set[int]) -> bool:
@@ -187,50 +215,9 @@ class Layer:
         in_shape = tuple(x1t.shape[1:])
         self.output_shape(in_shape)  # validates the architecture against the input shape early
         full = self.needs_full_spatial(False)
-        n1 = x1t.shape[0]
-        n2 = n1 if x2t is None else x2t.shape[0]
-        per_pair, _ = self._bytes_per_pair(in_shape, full, x1t.element_size())
-        per_row = per_pair  # self-covariances cost about one pair per input
-        b1, b2 = plan_blocks(n1, n2, per_pair, memory_budget, batch_size, bytes_per_row=per_row)
-        symmetric = x2t is None
-        var1_parts: dict[int, torch.Tensor] = {}
-        var2_parts: dict[int, torch.Tensor] = {}
-        flags = {"is_gaussian": True}
+        from ._evaluate import evaluate_tiled
 
-        def tile(s1: slice, s2: slice) -> dict[str, torch.Tensor | None]:
-            a = x1t[s1]
-            b = None if (symmetric and s1 == s2) else (x1t if x2t is None else x2t)[s2]
-            k0 = input_kernel(a, b, diagonal_spatial=not full, compute_ntk="ntk" in gets)
-            out = self._apply_owned(k0, True)[0]  # the tile's input kernel is ours to overwrite
-            if isinstance(out, list):
-                raise ValueError("the architecture ends with several branches; close them with a FanIn layer")
-            var1_parts.setdefault(s1.start, out.var1)
-            var2_parts.setdefault(s2.start, out.var2)
-            flags["is_gaussian"] = out.is_gaussian
-            return {"nngp": out.nngp if "nngp" in gets else None, "ntk": out.ntk if "ntk" in gets else None}
-
-        out_shape = self.output_shape(in_shape)
-        n_out_spatial = len(out_shape) - 1 if isinstance(out_shape, tuple) else 0
-
-        def mirror(t: torch.Tensor) -> torch.Tensor:
-            # the (j, i) block of a symmetric kernel: swap the batch axes and, in the full
-            # spatial layout, the x1 / x2 position axes too
-            if full and n_out_spatial:
-                d = n_out_spatial
-                return t.permute((1, 0) + tuple(range(2 + d, 2 + 2 * d)) + tuple(range(2, 2 + d)))
-            return t.transpose(0, 1)
-
-        res = tiled(tile, n1, n2, b1, b2, symmetric=symmetric, progress=progress, desc="kernel tiles",
-                    mirror=mirror)
-        if symmetric:
-            var1 = torch.cat([var1_parts.get(s, var2_parts.get(s)) for s in sorted(set(var1_parts) | set(var2_parts))])
-            var2 = var1
-        else:
-            var1 = torch.cat([var1_parts[s] for s in sorted(var1_parts)])
-            var2 = torch.cat([var2_parts[s] for s in sorted(var2_parts)])
-        return Kernel(nngp=res["nngp"], ntk=res["ntk"], var1=var1, var2=var2, shape=tuple(out_shape),
-                      diagonal_spatial=not full and len(out_shape) > 1, is_gaussian=flags["is_gaussian"],
-                      x1_is_x2=symmetric)
+        return evaluate_tiled(self, x1t, x2t, gets, full, memory_budget, batch_size, progress)
 
     def init(
         self,
@@ -323,6 +310,16 @@ class Serial(Layer):
         for layer in self.layers:
             k, owned = layer._apply_owned(k, owned)
         return k, owned
+
+    def _apply_inputs(self, x1: torch.Tensor, x2: torch.Tensor | None, full: bool, compute_ntk: bool,
+                      var_only: bool = False) -> tuple[KernelOrList, bool]:
+        k, owned = self.layers[0]._apply_inputs(x1, x2, full, compute_ntk, var_only)
+        for layer in self.layers[1:]:
+            k, owned = layer._apply_owned(k, owned)
+        return k, owned
+
+    def _supports_tape(self) -> bool:
+        return all(layer._supports_tape() for layer in self.layers)
 
     def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
         for i, layer in enumerate(self.layers):
@@ -429,6 +426,9 @@ class Parallel(Layer):
     def needs_full_spatial(self, full_out: bool) -> bool:
         return any(layer.needs_full_spatial(full_out) for layer in self.layers)
 
+    def _supports_tape(self) -> bool:
+        return all(layer._supports_tape() for layer in self.layers)
+
     def _mark_readout(self, downstream_affine: bool, readout: set[int]) -> bool:
         found = [layer._mark_readout(downstream_affine, readout) for layer in self.layers]
         return any(found)
@@ -467,6 +467,8 @@ class _FanOut(nn.Module):
 
 class FanOut(Layer):
     """Copy the input into a list of ``n`` identical inputs."""
+
+    _tape_ok = True
 
     def __init__(self, n: int) -> None:
         if int(n) != n or n < 1:
@@ -509,6 +511,8 @@ class FanInSum(Layer):
     blocks ``x + Dense(relu(x))``.
     """
 
+    _tape_ok = True
+
     def apply_kernel(self, k: KernelOrList) -> KernelOrList:
         _check_list(k, "FanInSum")
         self.output_shape([ki.shape for ki in k])
@@ -528,11 +532,13 @@ class FanInSum(Layer):
                 out = out + t
             return out
 
-        return k[0].replace(
-            nngp=add([ki.nngp for ki in k]), ntk=add([ki.ntk for ki in k]),
-            var1=add([ki.var1 for ki in k]), var2=add([ki.var2 for ki in k]),
-            is_gaussian=all(ki.is_gaussian for ki in k),
-        )
+        def variances() -> tuple[torch.Tensor, torch.Tensor]:
+            v1 = add([ki.var1 for ki in k])
+            return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else add([ki.var2 for ki in k]))
+
+        var1, var2 = taped_vars(self, variances)
+        return k[0].replace(nngp=add([ki.nngp for ki in k]), ntk=add([ki.ntk for ki in k]), var1=var1,
+                            var2=var2, is_gaussian=all(ki.is_gaussian for ki in k))
 
     def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
         _check_list(shape, "FanInSum")
@@ -551,6 +557,8 @@ class _Identity(nn.Module):
 
 class Identity(Layer):
     """The identity map (a residual connection's skip branch)."""
+
+    _tape_ok = True
 
     def apply_kernel(self, k: KernelOrList) -> KernelOrList:
         return k

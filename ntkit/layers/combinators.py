@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from ._tape import taped_vars
 from .base import BuildContext, KernelOrList, Layer, ShapeOrList
 from .kernel import Kernel
 
@@ -62,11 +63,14 @@ class FanInProd(Layer):
     True
     """
 
+    _tape_ok = True
+
     def apply_kernel(self, k: KernelOrList) -> KernelOrList:
         k = _need_list(k, "FanInProd")
         self.output_shape([ki.shape for ki in k])
         _check_gaussian_branches(k, "FanInProd")
-        if any(ki.nngp is None for ki in k):
+        var_only = all(ki.nngp is None and ki.ntk is None for ki in k)  # the variance pass of a tiled kernel
+        if not var_only and any(ki.nngp is None for ki in k):
             raise ValueError("FanInProd: every branch needs its NNGP")
 
         def prod(ts: list[torch.Tensor]) -> torch.Tensor:
@@ -75,15 +79,19 @@ class FanInProd(Layer):
                 out = out * t
             return out
 
-        nngp = prod([ki.nngp for ki in k])
-        ntk = None
-        if all(ki.ntk is not None for ki in k):
-            for i, ki in enumerate(k):
-                term = prod([ki.ntk] + [kj.nngp for j, kj in enumerate(k) if j != i])
-                ntk = term if ntk is None else ntk.add_(term)
-        var1 = prod([ki.var1 for ki in k])
-        same = all(ki.var2 is ki.var1 for ki in k)
-        var2 = var1 if same else prod([ki.var2 for ki in k])
+        nngp = ntk = None
+        if not var_only:
+            nngp = prod([ki.nngp for ki in k])
+            if all(ki.ntk is not None for ki in k):
+                for i, ki in enumerate(k):
+                    term = prod([ki.ntk] + [kj.nngp for j, kj in enumerate(k) if j != i])
+                    ntk = term if ntk is None else ntk.add_(term)
+
+        def variances() -> tuple[torch.Tensor, torch.Tensor]:
+            v1 = prod([ki.var1 for ki in k])
+            return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else prod([ki.var2 for ki in k]))
+
+        var1, var2 = taped_vars(self, variances)
         return k[0].replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
 
     def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
@@ -138,6 +146,8 @@ class FanInConcat(Layer):
     True
     """
 
+    _tape_ok = True
+
     def __init__(self, axis: int = 1) -> None:
         if isinstance(axis, bool) or int(axis) != axis:
             raise TypeError(f"FanInConcat: axis must be an integer, got {axis!r}")
@@ -183,11 +193,13 @@ class FanInConcat(Layer):
                     out.add_(t, alpha=ki.channels / total)
                 return out
 
-            var1 = avg([ki.var1 for ki in k])
-            same = all(ki.var2 is ki.var1 for ki in k)
+            def averaged() -> tuple[torch.Tensor, torch.Tensor]:
+                v1 = avg([ki.var1 for ki in k])
+                return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else avg([ki.var2 for ki in k]))
+
+            var1, var2 = taped_vars(self, averaged)
             return k[0].replace(nngp=avg([ki.nngp for ki in k]), ntk=avg([ki.ntk for ki in k]), var1=var1,
-                                var2=var1 if same else avg([ki.var2 for ki in k]), shape=out_shape,
-                                is_gaussian=gauss)
+                                var2=var2, shape=out_shape, is_gaussian=gauss)
         if not k[0].diagonal_spatial:
             raise NotImplementedError(
                 "FanInConcat along a spatial axis needs cross-branch position covariances in the full "
@@ -202,11 +214,13 @@ class FanInConcat(Layer):
                 return None
             return torch.cat(ts, dim=n_batch + ax - 1)
 
-        var1 = cat([ki.var1 for ki in k], 1)
-        same = all(ki.var2 is ki.var1 for ki in k)
+        def concatenated() -> tuple[torch.Tensor, torch.Tensor]:
+            v1 = cat([ki.var1 for ki in k], 1)
+            return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else cat([ki.var2 for ki in k], 1))
+
+        var1, var2 = taped_vars(self, concatenated)
         return k[0].replace(nngp=cat([ki.nngp for ki in k], 2), ntk=cat([ki.ntk for ki in k], 2), var1=var1,
-                            var2=var1 if same else cat([ki.var2 for ki in k], 1), shape=out_shape,
-                            is_gaussian=gauss)
+                            var2=var2, shape=out_shape, is_gaussian=gauss)
 
     def build(self, shape: ShapeOrList, ctx: BuildContext) -> nn.Module:
         self.output_shape(shape)

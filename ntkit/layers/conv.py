@@ -18,6 +18,7 @@ diagonal layout the same code touches one axis per dimension and costs
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_choice, check_nonnegative
+from ._tape import taped_vars
 from .base import BuildContext, KernelOrList, Layer, ShapeOrList
 from .kernel import Kernel
 
@@ -33,6 +35,9 @@ __all__ = ["Conv"]
 
 _PADDINGS = ("VALID", "SAME", "CIRCULAR")
 _PARAMS = ("ntk", "standard")
+#: largest patch size ``C |f|`` for which a first Conv builds its kernel from patches (one GEMM of
+#: that inner size per entry) instead of convolving the input covariance (``C + 2 Σ f_i`` passes)
+_MAX_PATCH = 256
 
 
 # ---- shared spatial helpers (also used by pooling) ------------------------------------------
@@ -137,6 +142,38 @@ def _filter_map(t: torch.Tensor | None, n_batch: int, diagonal: bool, plans: lis
     return t
 
 
+def _all_zero(t: torch.Tensor) -> bool:
+    """Whether ``t`` is all zeros (a raw input kernel's NTK), deciding on the first entry when it is not 0."""
+    if t.numel() and bool(t.reshape(-1)[0] != 0):
+        return False
+    return not bool(t.any())
+
+
+def _patches(x: torch.Tensor, filter_shape: Sequence[int], strides: Sequence[int], plans: list[tuple[int, int]],
+             circular: bool) -> torch.Tensor:
+    """``(n, C * |f|, P_out)`` patches of channels-first ``x`` (zero padded, or wrapped when ``circular``)."""
+    nd = len(filter_shape)
+    spatial = x.shape[2:]
+    for i, ((out_len, lo), f, s, length) in enumerate(zip(plans, filter_shape, strides, spatial, strict=True)):
+        hi = max((out_len - 1) * s + f - length, 0) - lo
+        if lo == 0 and hi == 0:
+            continue
+        if circular:
+            idx = torch.arange(-lo, length + hi, device=x.device) % length
+            x = x.index_select(2 + i, idx)
+        else:
+            pad = [0, 0] * nd
+            pad[2 * (nd - 1 - i)], pad[2 * (nd - 1 - i) + 1] = lo, hi
+            x = F.pad(x, pad)
+    pieces = []
+    for offsets in itertools.product(*(range(f) for f in filter_shape)):
+        idx = [slice(None), slice(None)]
+        idx += [slice(d, d + s * (out_len - 1) + 1, s) for d, s, (out_len, _) in zip(offsets, strides, plans, strict=True)]
+        pieces.append(x[tuple(idx)])
+    out = torch.stack(pieces, dim=2)  # (n, C, |f|, *S_out)
+    return out.reshape(out.shape[0], -1, math.prod(out.shape[3:]))
+
+
 def _check_spatial_kernel(k: object, who: str, n_spatial: int) -> Kernel:
     if isinstance(k, list):
         raise ValueError(f"{who} needs a single input, got a list of branches (close them with a FanIn first)")
@@ -214,6 +251,7 @@ class Conv(Layer):
     """
 
     is_affine = True
+    _tape_ok = True
     _fresh_output = True  # apply_kernel returns tensors it allocated: the next layer may overwrite them
 
     def __init__(self, out_chan: int, filter_shape: int | Sequence[int], strides: int | Sequence[int] | None = None,
@@ -265,32 +303,79 @@ class Conv(Layer):
         w2 = self.W_std ** 2
         b2 = 0.0 if self.b_std is None else self.b_std ** 2
         q = fmap(k.nngp, 2)
-        v1 = fmap(k.var1, 1)
-        v2 = v1 if k.var2 is k.var1 else fmap(k.var2, 1)
+        var1, var2 = self._map_vars(k, lambda v: fmap(v, 1).mul_(w2).add_(b2))
         # the raw input kernel's NTK is all zeros: skip its (expensive) map
-        t = None if k.ntk is None or not bool(k.ntk.any()) else fmap(k.ntk, 2)
-        if q is None:
-            nngp = ntk = None
-        elif self.parameterization == "ntk":
-            nngp = q.mul_(w2).add_(b2)
-            if k.ntk is None:
-                ntk = None
-            else:
-                ntk = nngp.clone() if t is None else t.mul_(w2).add_(nngp)
-        else:
-            fan_in = k.channels * fsize
-            nngp = q.mul(w2).add_(b2)
-            bias_g = 0.0 if self.b_std is None else 1.0
-            if k.ntk is None:
-                ntk = None
-            else:
-                ntk = q.mul_(fan_in).add_(bias_g)
-                if t is not None:
-                    ntk.add_(t, alpha=w2)
-        var1 = v1.mul_(w2).add_(b2)
-        var2 = var1 if v2 is v1 else v2.mul_(w2).add_(b2)
+        t = None if k.ntk is None or _all_zero(k.ntk) else fmap(k.ntk, 2)
+        nngp, ntk = self._finish(q, t, k.ntk is not None, k.channels)
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=self.output_shape(k.shape),
                          is_gaussian=True)
+
+    def _apply_inputs(self, x1: torch.Tensor, x2: torch.Tensor | None, full: bool, compute_ntk: bool,
+                      var_only: bool = False) -> tuple[KernelOrList, bool]:
+        """The kernel after this Conv straight from raw inputs, from patches.
+
+        ``nngp(h, h') = W_std² ⟨P(x1)_h, P(x2)_h'⟩ / (C |f|) + b_std²`` with
+        ``P(x)_h`` the (padded) patch under the filter at output position
+        ``h``: one GEMM with inner size ``C |f|`` replaces the input covariance
+        and its ``Σ f_i`` shifted additions. Identical in exact arithmetic.
+        """
+        in_shape = tuple(x1.shape[1:])
+        if len(in_shape) != len(self.filter_shape) + 1 or in_shape[0] * math.prod(self.filter_shape) > _MAX_PATCH:
+            return super()._apply_inputs(x1, x2, full, compute_ntk, var_only)
+        plans = self._plans(in_shape)
+        out_shape = self.output_shape(in_shape)
+        spatial = tuple(out_shape[1:])
+        circ = self.padding == "CIRCULAR"
+        inv = 1.0 / (in_shape[0] * math.prod(self.filter_shape))
+        w2 = self.W_std ** 2
+        b2 = 0.0 if self.b_std is None else self.b_std ** 2
+        a = _patches(x1, self.filter_shape, self.strides, plans, circ)
+        b = a if x2 is None else _patches(x2, self.filter_shape, self.strides, plans, circ)
+
+        def self_cov(p: torch.Tensor) -> torch.Tensor:
+            if full:
+                v = torch.matmul(p.transpose(1, 2) * inv, p).reshape((p.shape[0],) + spatial + spatial)
+            else:
+                v = (p * p).sum(1).mul_(inv).reshape((p.shape[0],) + spatial)
+            return v.mul_(w2).add_(b2)
+
+        def variances() -> tuple[torch.Tensor, torch.Tensor]:
+            v1 = self_cov(a)
+            return v1, (v1 if x2 is None else self_cov(b))
+
+        var1, var2 = taped_vars(self, variances)
+        q = None
+        if not var_only:
+            n1, n2 = a.shape[0], b.shape[0]
+            if full:
+                q = torch.matmul((a.transpose(1, 2) * inv).unsqueeze(1), b.unsqueeze(0))
+                q = q.reshape((n1, n2) + spatial + spatial)
+            else:
+                q = torch.bmm(a.permute(2, 0, 1) * inv, b.permute(2, 1, 0))  # (P, n1, n2)
+                q = q.permute(1, 2, 0).reshape((n1, n2) + spatial)
+        nngp, ntk = self._finish(q, None, compute_ntk and not var_only, in_shape[0])
+        k = Kernel(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=out_shape, diagonal_spatial=not full,
+                   is_gaussian=True, x1_is_x2=x2 is None)
+        return k, True
+
+    def _finish(self, q: torch.Tensor | None, t: torch.Tensor | None, want_ntk: bool,
+                c_in: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """NNGP and NTK from the filter-averaged input NNGP ``q`` and NTK ``t`` (``None``: zero), in place."""
+        if q is None:
+            return None, None
+        w2 = self.W_std ** 2
+        b2 = 0.0 if self.b_std is None else self.b_std ** 2
+        if self.parameterization == "ntk":
+            nngp = q.mul_(w2).add_(b2)
+            if not want_ntk:
+                return nngp, None
+            return nngp, (nngp.clone() if t is None else t.mul_(w2).add_(nngp))
+        fan_in = c_in * math.prod(self.filter_shape)
+        nngp = q.mul(w2).add_(b2)
+        if not want_ntk:
+            return nngp, None
+        ntk = q.mul_(fan_in).add_(0.0 if self.b_std is None else 1.0)
+        return nngp, (ntk if t is None else ntk.add_(t, alpha=w2))
 
     def _bytes_per_pair(self, shape: ShapeOrList, full: bool, itemsize: int) -> tuple[float, ShapeOrList]:
         out = self.output_shape(shape)

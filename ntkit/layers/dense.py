@@ -102,6 +102,7 @@ class Dense(Layer):
     """
 
     is_affine = True
+    _tape_ok = True
 
     def __init__(self, out_dim: int, W_std: float = 1.0, b_std: float | None = None,
                  parameterization: str = "ntk") -> None:
@@ -134,8 +135,7 @@ class Dense(Layer):
                 ntk = torch.mul(k.ntk, w2).add_(q, alpha=float(k.channels))
                 if self.b_std is not None:
                     ntk.add_(1.0)
-        var1 = _affine(k.var1, w2, b2)
-        var2 = var1 if k.var2 is k.var1 else _affine(k.var2, w2, b2)
+        var1, var2 = self._map_vars(k, lambda v: _affine(v, w2, b2))
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2,
                          shape=(self.out_dim,) + tuple(k.shape[1:]), is_gaussian=True)
 
@@ -155,8 +155,7 @@ class Dense(Layer):
         _affine_(q, w2, b2)
         if ntk is not None and self.parameterization == "ntk":
             torch.add(q, ntk, alpha=w2, out=ntk)
-        var1 = _affine(k.var1, w2, b2)
-        var2 = var1 if k.var2 is k.var1 else _affine(k.var2, w2, b2)
+        var1, var2 = self._map_vars(k, lambda v: _affine(v, w2, b2))
         return k.replace(nngp=q, ntk=ntk, var1=var1, var2=var2, shape=(self.out_dim,) + tuple(k.shape[1:]),
                          is_gaussian=True), True
 

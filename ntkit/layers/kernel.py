@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._tape import taped_vars
+
 __all__ = ["Kernel", "input_kernel"]
 
 
@@ -163,20 +165,29 @@ def input_kernel(
     *,
     diagonal_spatial: bool = False,
     compute_ntk: bool = True,
+    var_only: bool = False,
 ) -> Kernel:
     """The kernel of raw inputs: channel-averaged inner products, zero NTK.
 
     ``x1`` is ``(n1, C, *S)`` (or ``(n1, d)``), ``x2`` likewise or ``None``.
+    With ``var_only`` only the self covariances are computed (``nngp`` and
+    ``ntk`` are ``None``): the variance pass of a tiled kernel.
     """
     x1_is_x2 = x2 is None
     x2_ = x1 if x2 is None else x2
     full = not diagonal_spatial and x1.ndim > 2
     if x1.ndim == 1:
         raise ValueError("inputs must be (n, C, *S) or (n, d); got a 1-D tensor")
-    nngp = _channel_cov(x1, x2_, full)
-    var1 = _self_cov(x1, full)
-    var2 = var1 if x1_is_x2 else _self_cov(x2_, full)
-    ntk = torch.zeros_like(nngp) if compute_ntk else None
+
+    def variances() -> tuple[torch.Tensor, torch.Tensor]:
+        v1 = _self_cov(x1, full)
+        return v1, (v1 if x1_is_x2 else _self_cov(x2_, full))
+
+    var1, var2 = taped_vars(input_kernel, variances)
+    nngp = ntk = None
+    if not var_only:
+        nngp = _channel_cov(x1, x2_, full)
+        ntk = torch.zeros_like(nngp) if compute_ntk else None
     return Kernel(
         nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=tuple(x1.shape[1:]),
         diagonal_spatial=diagonal_spatial and x1.ndim > 2, is_gaussian=False, x1_is_x2=x1_is_x2,

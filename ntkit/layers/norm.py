@@ -90,6 +90,7 @@ class LayerNorm(Layer):
     """
 
     _fresh_output = True  # outputs are newly allocated
+    _tape_ok = True
 
     def __init__(self, axis: int | Sequence[int] = 1, eps: float = 1e-5) -> None:
         axes = (axis,) if isinstance(axis, int) else tuple(axis)
@@ -145,8 +146,8 @@ class LayerNorm(Layer):
         inv = torch.rsqrt(v1 * v2)
         nngp = None if k.nngp is None else k.nngp * inv
         ntk = None if k.ntk is None else k.ntk * inv
-        var1 = k.var1 / _broadcast_self(p1, d, k.diagonal_spatial).sqrt()
-        var2 = var1 if k.var2 is k.var1 else k.var2 / _broadcast_self(p2, d, k.diagonal_spatial).sqrt()
+        var1, var2 = self._map_vars(
+            k, lambda v: v / _broadcast_self(p1 if v is k.var1 else p2, d, k.diagonal_spatial).sqrt())
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=True)
 
 
@@ -195,6 +196,8 @@ class Dropout(Layer):
     True
     """
 
+    _tape_ok = True
+
     def __init__(self, rate: float, mode: str = "train") -> None:
         r = float(rate)
         if not 0.0 <= r < 1.0:
@@ -242,7 +245,6 @@ class Dropout(Layer):
             same.mul_(factor)
             return out
 
-        var1 = scale_self(k.var1)
-        var2 = var1 if k.var2 is k.var1 else scale_self(k.var2)
+        var1, var2 = self._map_vars(k, scale_self)
         return k.replace(nngp=scale_cross(k.nngp), ntk=scale_cross(k.ntk), var1=var1, var2=var2,
                          is_gaussian=False)

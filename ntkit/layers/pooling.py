@@ -65,6 +65,7 @@ class _PoolModule(nn.Module):
 
 class _Pool(Layer):
     _sum = False
+    _tape_ok = True
     _fresh_output = True  # outputs are newly allocated
 
     def __init__(self, window_shape: int | Sequence[int], strides: int | Sequence[int] | None = None,
@@ -115,8 +116,7 @@ class _Pool(Layer):
                     t = _shift_sum(t, (a,), self.window_shape[i], self.strides[i], lo, out_len, circ)
             return t.mul_(scale) if scale != 1.0 else t
 
-        var1 = pmap(k.var1, 1)
-        var2 = var1 if k.var2 is k.var1 else pmap(k.var2, 1)
+        var1, var2 = self._map_vars(k, lambda v: pmap(v, 1))
         return k.replace(nngp=pmap(k.nngp, 2), ntk=pmap(k.ntk, 2), var1=var1, var2=var2,
                          shape=self.output_shape(k.shape), is_gaussian=k.is_gaussian)
 
@@ -187,6 +187,7 @@ class _GlobalModule(nn.Module):
 
 class _GlobalPool(Layer):
     _sum = False
+    _tape_ok = True
     _fresh_output = True
 
     def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
@@ -214,8 +215,7 @@ class _GlobalPool(Layer):
             out = t.reshape(t.shape[:n_batch] + (-1,)).mean(-1)
             return out.mul_(scale) if scale != 1.0 else out
 
-        var1 = red(k.var1, 1)
-        var2 = var1 if k.var2 is k.var1 else red(k.var2, 1)
+        var1, var2 = self._map_vars(k, lambda v: red(v, 1))
         return k.replace(nngp=red(k.nngp, 2), ntk=red(k.ntk, 2), var1=var1, var2=var2,
                          shape=self.output_shape(k.shape), diagonal_spatial=False)
 
@@ -276,6 +276,8 @@ class Flatten(Layer):
     False
     """
 
+    _tape_ok = True
+
     def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
         shape = _single(shape, "Flatten")
         return (math.prod(shape),)
@@ -304,9 +306,8 @@ class Flatten(Layer):
                 t = torch.diagonal(t.reshape(lead + (p, p)), dim1=-2, dim2=-1)
             return t.reshape(t.shape[:n_batch] + (-1,)).mean(-1)
 
-        var1 = position_variance(k.var1, k.diagonal_spatial, d).reshape(k.n1, -1).mean(-1)
-        var2 = var1 if k.var2 is k.var1 else position_variance(k.var2, k.diagonal_spatial, d).reshape(
-            k.n2, -1).mean(-1)
+        var1, var2 = self._map_vars(
+            k, lambda v: position_variance(v, k.diagonal_spatial, d).reshape(v.shape[0], -1).mean(-1))
         return k.replace(nngp=diag_mean(k.nngp, 2), ntk=diag_mean(k.ntk, 2), var1=var1, var2=var2,
                          shape=self.output_shape(k.shape), diagonal_spatial=False)
 
@@ -359,6 +360,7 @@ class ImageResize(Layer):
     """
 
     _fresh_output = True
+    _tape_ok = True
 
     def __init__(self, shape: int | Sequence[int], method: str = "nearest") -> None:
         if isinstance(shape, int):
@@ -400,8 +402,7 @@ class ImageResize(Layer):
                         t = torch.tensordot(t, r, dims=([a], [1])).movedim(-1, a)
             return t.contiguous()
 
-        var1 = rmap(k.var1, 1)
-        var2 = var1 if k.var2 is k.var1 else rmap(k.var2, 1)
+        var1, var2 = self._map_vars(k, lambda v: rmap(v, 1))
         return k.replace(nngp=rmap(k.nngp, 2), ntk=rmap(k.ntk, 2), var1=var1, var2=var2,
                          shape=self.output_shape(k.shape))
 

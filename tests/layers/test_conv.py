@@ -182,8 +182,20 @@ def test_flatten_architecture_builds_only_diagonal_kernels(monkeypatch):
 
     monkeypatch.setattr(layers_base, "input_kernel", spy)
     x = torch.randn(4, 3, 16, 16)
-    arch.kernel(x)
+    # a leading Identity makes the raw input kernel explicit (a leading Conv builds its kernel from patches)
+    L.serial(L.Identity(), arch).kernel(x)
     assert seen and all(d is True and s == (4, 4, 16, 16) for d, s in seen)
+    first = []
+    conv_inputs = L.Conv._apply_inputs
+
+    def spy_conv(self, *a, **kw):
+        out, owned = conv_inputs(self, *a, **kw)
+        first.append((out.diagonal_spatial, tuple(out.nngp.shape)))
+        return out, owned
+
+    monkeypatch.setattr(L.Conv, "_apply_inputs", spy_conv)
+    arch.kernel(x)
+    assert first == [(True, (4, 4, 16, 16))]
     # the planner's per-pair estimate is O(|S|), not O(|S|^2)
     per_pair, _ = arch._bytes_per_pair((3, 16, 16), False, 4)
     assert per_pair < 64 * 256 * 4
