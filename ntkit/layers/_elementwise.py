@@ -141,8 +141,8 @@ class ElementwiseLayer(Layer):
         per_row = max(1, c[0].numel()) if c.ndim else 1
         rows = max(1, self._BLOCK // per_row)
         blockable = c.ndim > 0 and v1.shape[0] == n1 and c.is_contiguous()
-        if not blockable or (rows >= n1 and not inplace):
-            return self._map_block(c, v1, v2, ntk)
+        if not blockable or rows >= n1:  # one block: T is fresh anyway, the NTK may be scaled in place
+            return self._map_block(c, v1, v2, ntk, out=ntk if inplace and blockable else None)
         t_out = c if inplace else torch.empty_like(c)
         ntk_out = None
         if need_dot:

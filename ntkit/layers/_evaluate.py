@@ -34,13 +34,27 @@ if TYPE_CHECKING:
 
 #: working-set bytes of one sub-tile (the per-pair estimate of ``Layer._bytes_per_pair`` times the
 #: pairs); about the size of a server CPU's last-level cache. Measured on the CNN-GAP benchmark
-#: (16x16 images): 16-48 MB within 10% of each other, 4 MB and 256 MB 1.4-2x slower.
+#: (16x16 images, 1 thread): 16-64 MB within 10% of each other; 4 MB (one pair per sub-tile) and 128 MB
+#: 1.7x slower.
 _SUBTILE_BYTES = 32 * 2**20
 
 
 def _output_cells(out_shape: tuple[int, ...], full: bool) -> int:
     p = math.prod(out_shape[1:]) if len(out_shape) > 1 else 1
     return p * p if full else p
+
+
+def _record(arch: Layer, x: torch.Tensor, full: bool, chunk: int, positions_only: bool
+            ) -> tuple[VarTape, torch.Tensor]:
+    """Variance pass over ``x``, ``chunk`` examples at a time: its tape and its output variances."""
+    tapes, finals = [], []
+    for i in range(0, x.shape[0], chunk):
+        tape = VarTape(positions_only)
+        with tape.recording():
+            out, _ = arch._apply_inputs(x[i:i + chunk], None, full, False, var_only=True)
+        tapes.append(tape)
+        finals.append(out.var1)
+    return VarTape.joined(tapes, None), torch.cat(finals)
 
 
 def evaluate_tiled(arch: Layer, x1: torch.Tensor, x2: torch.Tensor | None, gets: tuple[str, ...], full: bool,
@@ -65,14 +79,14 @@ def evaluate_tiled(arch: Layer, x1: torch.Tensor, x2: torch.Tensor | None, gets:
     side = max(1, math.isqrt(int(sub_limit // max(per_pair, 1.0))))
     two_level = len(in_shape) > 1 and b1 * b2 * per_pair > _SUBTILE_BYTES and side < max(b1, b2)
     use_tape = two_level and arch._supports_tape()
+    positions_only = not arch._needs_full_vars()
+    chunk = side * side  # examples per variance-pass chunk: about one sub-tile's working set
     if two_level and batch_size is None:
         # with cache-sized sub-tiles a tile only holds its results and its inputs' recorded variances:
         # re-plan the tiles for those (results per pair, tape per input), leaving a sub-tile's working set
         row = per_pair
         if use_tape:
-            probe = VarTape()
-            with probe.recording():
-                arch._apply_inputs(x1[:1], None, full, compute_ntk, var_only=True)
+            probe, _ = _record(arch, x1[:1], full, 1, positions_only)
             row = max(probe.nbytes, 1) + x1[0].numel() * itemsize
         out_pair = len(gets) * _output_cells(tuple(out_shape), full) * itemsize
         rest = None if budget is None else max(budget - side * side * per_pair, out_pair + 2 * row)
@@ -90,7 +104,7 @@ def evaluate_tiled(arch: Layer, x1: torch.Tensor, x2: torch.Tensor | None, gets:
     var1_parts: dict[int, torch.Tensor] = {}
     var2_parts: dict[int, torch.Tensor] = {}
     is_gaussian = True
-    tape = VarTape() if use_tape else None
+    tape: VarTape | None = None
     current = None
     n_out_spatial = len(out_shape) - 1
 
@@ -106,20 +120,25 @@ def evaluate_tiled(arch: Layer, x1: torch.Tensor, x2: torch.Tensor | None, gets:
         same_tile = symmetric and t1 == t2
         a = x1[t1]
         b = a if same_tile else xb[t2]
-        if tape is not None and current != (t1, t2):
+        if use_tape and current != (t1, t2):
             current = (t1, t2)
-            with tape.recording():
-                kv, _ = arch._apply_inputs(a, None if same_tile else b, full, compute_ntk, var_only=True)
-            var1_parts.setdefault(t1.start, kv.var1)
-            var2_parts.setdefault(t2.start, kv.var2)
+            tape_a, var1_parts[t1.start] = _record(arch, a, full, chunk, positions_only)
+            if same_tile:
+                tape = tape_a
+            else:
+                tape_b, var2_parts[t2.start] = _record(arch, b, full, chunk, positions_only)
+                tape = VarTape.joined([tape_a], [tape_b])
         same = same_tile and r == c
-        if tape is not None:
-            with tape.replaying(r, c, same):
-                out, _ = arch._apply_inputs(a[r], None if same else b[c], full, compute_ntk)
+        if tape is not None and not same:
+            # a block against another block: replay the recorded variances (a block against itself
+            # needs its full self covariances at equal inputs, so it computes them)
+            with tape.replaying(r, c):
+                out, _ = arch._apply_inputs(a[r], b[c], full, compute_ntk)
         else:
             out, _ = arch._apply_inputs(a[r], None if same else b[c], full, compute_ntk)
-            var1_parts.setdefault(t1.start + r.start, out.var1)
-            var2_parts.setdefault(t2.start + c.start, out.var2)
+            if tape is None:
+                var1_parts.setdefault(t1.start + r.start, out.var1)
+                var2_parts.setdefault(t2.start + c.start, out.var2)
         if isinstance(out, list):
             raise ValueError("the architecture ends with several branches; close them with a FanIn layer")
         is_gaussian = out.is_gaussian

@@ -109,6 +109,7 @@ class GlobalSelfAttention(Layer):
     _fresh_output = True  # outputs are newly allocated
 
     _tape_ok = True
+    _reads_full_vars = True  # the attention matrices come from each input's full self covariance
 
     def __init__(self, n_chan_out: int, n_chan_key: int, n_chan_val: int, n_heads: int = 1,
                  linear_scaling: bool = True, W_key_std: float = 1.0, W_value_std: float = 1.0,

@@ -101,8 +101,15 @@ class Layer:
     #: a tiled kernel needs (see :mod:`ntkit.layers._tape`); combinators ask their children
     _tape_ok: bool = False
 
+    #: the layer's cross maps read its input's full self covariances, not only their position
+    #: variances (attention's softmax over positions), so a tape must keep them whole
+    _reads_full_vars: bool = False
+
     def _supports_tape(self) -> bool:
         return self._tape_ok
+
+    def _needs_full_vars(self) -> bool:
+        return self._reads_full_vars
 
     def _map_vars(self, k: Kernel, fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(fn(k.var1), fn(k.var2))`` (one call when ``var2 is var1``), replayed from a tape in sub-tiles."""
@@ -111,7 +118,7 @@ class Layer:
             v1 = fn(k.var1)
             return v1, (v1 if k.var2 is k.var1 else fn(k.var2))
 
-        return taped_vars(self, compute)
+        return taped_vars(self, compute, full=k.full_layout)
 
     def _apply_inputs(self, x1: torch.Tensor, x2: torch.Tensor | None, full: bool, compute_ntk: bool,
                       var_only: bool = False) -> tuple[KernelOrList, bool]:
@@ -321,6 +328,9 @@ class Serial(Layer):
     def _supports_tape(self) -> bool:
         return all(layer._supports_tape() for layer in self.layers)
 
+    def _needs_full_vars(self) -> bool:
+        return any(layer._needs_full_vars() for layer in self.layers)
+
     def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
         for i, layer in enumerate(self.layers):
             try:
@@ -429,6 +439,9 @@ class Parallel(Layer):
     def _supports_tape(self) -> bool:
         return all(layer._supports_tape() for layer in self.layers)
 
+    def _needs_full_vars(self) -> bool:
+        return any(layer._needs_full_vars() for layer in self.layers)
+
     def _mark_readout(self, downstream_affine: bool, readout: set[int]) -> bool:
         found = [layer._mark_readout(downstream_affine, readout) for layer in self.layers]
         return any(found)
@@ -536,7 +549,7 @@ class FanInSum(Layer):
             v1 = add([ki.var1 for ki in k])
             return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else add([ki.var2 for ki in k]))
 
-        var1, var2 = taped_vars(self, variances)
+        var1, var2 = taped_vars(self, variances, full=k[0].full_layout)
         return k[0].replace(nngp=add([ki.nngp for ki in k]), ntk=add([ki.ntk for ki in k]), var1=var1,
                             var2=var2, is_gaussian=all(ki.is_gaussian for ki in k))
 

@@ -91,7 +91,7 @@ class FanInProd(Layer):
             v1 = prod([ki.var1 for ki in k])
             return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else prod([ki.var2 for ki in k]))
 
-        var1, var2 = taped_vars(self, variances)
+        var1, var2 = taped_vars(self, variances, full=k[0].full_layout)
         return k[0].replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
 
     def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
@@ -197,7 +197,7 @@ class FanInConcat(Layer):
                 v1 = avg([ki.var1 for ki in k])
                 return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else avg([ki.var2 for ki in k]))
 
-            var1, var2 = taped_vars(self, averaged)
+            var1, var2 = taped_vars(self, averaged, full=k[0].full_layout)
             return k[0].replace(nngp=avg([ki.nngp for ki in k]), ntk=avg([ki.ntk for ki in k]), var1=var1,
                                 var2=var2, shape=out_shape, is_gaussian=gauss)
         if not k[0].diagonal_spatial:
@@ -218,7 +218,7 @@ class FanInConcat(Layer):
             v1 = cat([ki.var1 for ki in k], 1)
             return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else cat([ki.var2 for ki in k], 1))
 
-        var1, var2 = taped_vars(self, concatenated)
+        var1, var2 = taped_vars(self, concatenated, full=k[0].full_layout)
         return k[0].replace(nngp=cat([ki.nngp for ki in k], 2), ntk=cat([ki.ntk for ki in k], 2), var1=var1,
                             var2=var2, shape=out_shape, is_gaussian=gauss)
 

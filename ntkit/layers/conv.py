@@ -29,6 +29,7 @@ from torch import nn
 from .._validation import check_choice, check_nonnegative
 from ._tape import taped_vars
 from .base import BuildContext, KernelOrList, Layer, ShapeOrList
+from .dense import _affine, _affine_
 from .kernel import Kernel
 
 __all__ = ["Conv"]
@@ -111,16 +112,41 @@ def _shift_sum(t: torch.Tensor, axes: Sequence[int], window: int, stride: int, p
             src[a] = slice(start, start + stride * (h1 - h0 - 1) + 1, stride)
             dst[a] = slice(h0, h1)
         pieces.append((h1 - h0 == out_len, tuple(src), tuple(dst)))
-    # start from a piece covering every output position (a copy), else from zeros
     first = next((i for i, p in enumerate(pieces) if p[0]), None)
     if first is None:
         acc = t.new_zeros(shape)
+        rest = list(range(len(pieces)))
     else:
-        acc = t[pieces[first][1]].clone(memory_format=torch.contiguous_format)
-    for i, (_, src, dst) in enumerate(pieces):
-        if i != first:
-            acc[dst].add_(t[src])
+        # a piece covering every output position, plus a second piece in one pass where they overlap
+        # and a copy of the first on the (thin) rest: one pass fewer than "copy, then add"
+        cover = t[pieces[first][1]]
+        rest = [i for i in range(len(pieces)) if i != first]
+        if not rest:
+            return cover.clone(memory_format=torch.contiguous_format)
+        _, src, dst = pieces[rest.pop(0)]
+        acc = t.new_empty(shape)
+        torch.add(cover[dst], t[src], out=acc[dst])
+        for region in _complement(dst, axes, out_len):
+            acc[region] = cover[region]
+    for i in rest:
+        _, src, dst = pieces[i]
+        acc[dst].add_(t[src])
     return acc
+
+
+def _complement(box: tuple[slice, ...], axes: Sequence[int], length: int) -> list[tuple[slice, ...]]:
+    """Disjoint boxes covering ``[0, length)`` on ``axes`` (everything on other axes) minus ``box``."""
+    out = []
+    inner = [slice(None)] * len(box)
+    for a in axes:
+        lo, hi = box[a].start, box[a].stop
+        for part in (slice(0, lo), slice(hi, length)):
+            if part.stop > part.start:
+                region = list(inner)
+                region[a] = part
+                out.append(tuple(region))
+        inner[a] = box[a]
+    return out
 
 
 def _spatial_axes(n_batch: int, n_spatial: int, i: int, diagonal: bool) -> tuple[int, ...]:
@@ -296,17 +322,17 @@ class Conv(Layer):
         fsize = math.prod(self.filter_shape)
         diag = k.diagonal_spatial
 
-        def fmap(t: torch.Tensor | None, n_batch: int) -> torch.Tensor | None:
-            out = _filter_map(t, n_batch, diag, plans, self.filter_shape, self.strides, circ)
-            return None if out is None else out.div_(fsize)
+        def fsum(t: torch.Tensor | None, n_batch: int) -> torch.Tensor | None:
+            return _filter_map(t, n_batch, diag, plans, self.filter_shape, self.strides, circ)
 
         w2 = self.W_std ** 2
         b2 = 0.0 if self.b_std is None else self.b_std ** 2
-        q = fmap(k.nngp, 2)
-        var1, var2 = self._map_vars(k, lambda v: fmap(v, 1).mul_(w2).add_(b2))
+        scale = 1.0 / fsize  # the filter sums become means in the affine passes below
+        q = fsum(k.nngp, 2)
+        var1, var2 = self._map_vars(k, lambda v: _affine_(fsum(v, 1), w2 * scale, b2))
         # the raw input kernel's NTK is all zeros: skip its (expensive) map
-        t = None if k.ntk is None or _all_zero(k.ntk) else fmap(k.ntk, 2)
-        nngp, ntk = self._finish(q, t, k.ntk is not None, k.channels)
+        t = None if k.ntk is None or _all_zero(k.ntk) else fsum(k.ntk, 2)
+        nngp, ntk = self._finish(q, t, k.ntk is not None, k.channels, scale)
         return k.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, shape=self.output_shape(k.shape),
                          is_gaussian=True)
 
@@ -337,13 +363,13 @@ class Conv(Layer):
                 v = torch.matmul(p.transpose(1, 2) * inv, p).reshape((p.shape[0],) + spatial + spatial)
             else:
                 v = (p * p).sum(1).mul_(inv).reshape((p.shape[0],) + spatial)
-            return v.mul_(w2).add_(b2)
+            return _affine_(v, w2, b2)
 
         def variances() -> tuple[torch.Tensor, torch.Tensor]:
             v1 = self_cov(a)
             return v1, (v1 if x2 is None else self_cov(b))
 
-        var1, var2 = taped_vars(self, variances)
+        var1, var2 = taped_vars(self, variances, full=full)
         q = None
         if not var_only:
             n1, n2 = a.shape[0], b.shape[0]
@@ -358,24 +384,27 @@ class Conv(Layer):
                    is_gaussian=True, x1_is_x2=x2 is None)
         return k, True
 
-    def _finish(self, q: torch.Tensor | None, t: torch.Tensor | None, want_ntk: bool,
-                c_in: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """NNGP and NTK from the filter-averaged input NNGP ``q`` and NTK ``t`` (``None``: zero), in place."""
+    def _finish(self, q: torch.Tensor | None, t: torch.Tensor | None, want_ntk: bool, c_in: int,
+                scale: float = 1.0) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """NNGP and NTK from ``scale`` times the filter-summed input NNGP ``q`` and NTK ``t`` (``None``: zero).
+
+        Overwrites ``q`` and ``t``; one pass per output in the NTK parameterisation.
+        """
         if q is None:
             return None, None
         w2 = self.W_std ** 2
         b2 = 0.0 if self.b_std is None else self.b_std ** 2
         if self.parameterization == "ntk":
-            nngp = q.mul_(w2).add_(b2)
+            nngp = _affine_(q, w2 * scale, b2)
             if not want_ntk:
                 return nngp, None
-            return nngp, (nngp.clone() if t is None else t.mul_(w2).add_(nngp))
+            return nngp, (nngp.clone() if t is None else torch.add(nngp, t, alpha=w2 * scale, out=t))
         fan_in = c_in * math.prod(self.filter_shape)
-        nngp = q.mul(w2).add_(b2)
+        nngp = _affine(q, w2 * scale, b2)
         if not want_ntk:
             return nngp, None
-        ntk = q.mul_(fan_in).add_(0.0 if self.b_std is None else 1.0)
-        return nngp, (ntk if t is None else ntk.add_(t, alpha=w2))
+        ntk = _affine_(q, fan_in * scale, 0.0 if self.b_std is None else 1.0)
+        return nngp, (ntk if t is None else ntk.add_(t, alpha=w2 * scale))
 
     def _bytes_per_pair(self, shape: ShapeOrList, full: bool, itemsize: int) -> tuple[float, ShapeOrList]:
         out = self.output_shape(shape)

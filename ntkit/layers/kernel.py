@@ -85,6 +85,11 @@ class Kernel:
         return tuple(self.shape[1:])
 
     @property
+    def full_layout(self) -> bool:
+        """Spatial covariances are tracked for every pair of positions (``(n1, n2, *S, *S)``)."""
+        return bool(self.shape[1:]) and not self.diagonal_spatial
+
+    @property
     def n1(self) -> int:
         return self.var1.shape[0]
 
@@ -183,7 +188,7 @@ def input_kernel(
         v1 = _self_cov(x1, full)
         return v1, (v1 if x1_is_x2 else _self_cov(x2_, full))
 
-    var1, var2 = taped_vars(input_kernel, variances)
+    var1, var2 = taped_vars(input_kernel, variances, full=full)
     nngp = ntk = None
     if not var_only:
         nngp = _channel_cov(x1, x2_, full)
@@ -198,9 +203,11 @@ def position_variance(var: torch.Tensor, diagonal_spatial: bool, n_spatial: int)
     """Each input's variance at each position, ``(n, *S)``, from a self covariance.
 
     ``var`` is ``(n, *S, *S)`` when the layout is full, ``(n, *S)`` when
-    diagonal, ``(n,)`` when flat (returned as is).
+    diagonal, ``(n,)`` when flat (returned as is). A full-layout kernel may
+    also carry its variances as ``(n, *S)`` already (replayed from a
+    position-only tape, see :mod:`ntkit.layers._tape`); they are returned as is.
     """
-    if n_spatial == 0 or diagonal_spatial:
+    if n_spatial == 0 or diagonal_spatial or var.ndim == 1 + n_spatial:
         return var
     n = var.shape[0]
     spatial = tuple(var.shape[1 : 1 + n_spatial])

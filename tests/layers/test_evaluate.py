@@ -133,11 +133,31 @@ def test_tape_refuses_to_replay_out_of_step():
     ones = torch.ones(3)
     with tape.recording():
         taped_vars(a, lambda: (ones, ones))
-    with tape.replaying(slice(0, 1), slice(1, 2), False), pytest.raises(RuntimeError, match="out of step"):
+    with tape.replaying(slice(0, 1), slice(1, 2)), pytest.raises(RuntimeError, match="out of step"):
         taped_vars(b, lambda: (torch.ones(3), torch.ones(3)))
-    with tape.replaying(slice(0, 2), slice(0, 2), True):
+    with tape.replaying(slice(0, 2), slice(1, 3)):
         v1, v2 = taped_vars(a, lambda: (torch.zeros(3), torch.zeros(3)))
-    assert v1 is v2 and v1.shape == (2,) and bool((v1 == 1).all())
+    assert v1.shape == v2.shape == (2,) and bool((v1 == 1).all())
+
+
+def test_position_only_tape_keeps_diagonals_and_attention_keeps_full_vars():
+    x = torch.randn(3, 2, 4, 5, dtype=torch.float64)
+    gap = ARCHS["cnn_gap"]()
+    assert not gap._needs_full_vars()
+    small, big = VarTape(positions_only=True), VarTape(positions_only=False)
+    for tape in (small, big):
+        with tape.recording():
+            gap._apply_inputs(x, None, True, False, var_only=True)
+    # conv, relu, conv, erf: |S| instead of |S|^2 numbers per example (the pooled ones are scalars)
+    assert big.nbytes > 10 * small.nbytes
+    shapes = [v.shape for _, v, _ in small.entries]
+    assert shapes[:2] == [(3, 4, 5), (3, 4, 5)] and all(v2 is v1 for _, v1, v2 in small.entries)
+    # the first entry (the Conv's output variances) is the diagonal of the full one
+    first_conv = gap.layers[0].apply_kernel(input_kernel(x, None))
+    torch.testing.assert_close(small.entries[0][1], torch.diagonal(first_conv.var1.reshape(3, 20, 20), dim1=1,
+                                                                   dim2=2).reshape(3, 4, 5))
+    torch.testing.assert_close(big.entries[0][1], first_conv.var1)
+    assert ARCHS["attention"]()._needs_full_vars()
 
 
 # ---- a first Conv builds its kernel from patches ------------------------------------------------
