@@ -120,6 +120,16 @@ class Layer:
 
         return taped_vars(self, compute, full=k.full_layout)
 
+    def _merge_vars(self, ks: list[Kernel], merge: Callable[[list[torch.Tensor]], torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_map_vars`` for branch-merging layers: ``merge`` the branches' ``var1`` (and ``var2``)."""
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            v1 = merge([ki.var1 for ki in ks])
+            return v1, (v1 if all(ki.var2 is ki.var1 for ki in ks) else merge([ki.var2 for ki in ks]))
+
+        return taped_vars(self, compute, full=ks[0].full_layout)
+
     def _apply_inputs(self, x1: torch.Tensor, x2: torch.Tensor | None, full: bool, compute_ntk: bool,
                       var_only: bool = False) -> tuple[KernelOrList, bool]:
         """The kernel after this layer from raw inputs (``x2=None``: ``x1`` with itself).
@@ -545,11 +555,7 @@ class FanInSum(Layer):
                 out = out + t
             return out
 
-        def variances() -> tuple[torch.Tensor, torch.Tensor]:
-            v1 = add([ki.var1 for ki in k])
-            return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else add([ki.var2 for ki in k]))
-
-        var1, var2 = taped_vars(self, variances, full=k[0].full_layout)
+        var1, var2 = self._merge_vars(k, add)
         return k[0].replace(nngp=add([ki.nngp for ki in k]), ntk=add([ki.ntk for ki in k]), var1=var1,
                             var2=var2, is_gaussian=all(ki.is_gaussian for ki in k))
 

@@ -11,7 +11,6 @@ import math
 import torch
 from torch import nn
 
-from ._tape import taped_vars
 from .base import BuildContext, KernelOrList, Layer, ShapeOrList
 from .kernel import Kernel
 
@@ -87,11 +86,7 @@ class FanInProd(Layer):
                     term = prod([ki.ntk] + [kj.nngp for j, kj in enumerate(k) if j != i])
                     ntk = term if ntk is None else ntk.add_(term)
 
-        def variances() -> tuple[torch.Tensor, torch.Tensor]:
-            v1 = prod([ki.var1 for ki in k])
-            return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else prod([ki.var2 for ki in k]))
-
-        var1, var2 = taped_vars(self, variances, full=k[0].full_layout)
+        var1, var2 = self._merge_vars(k, prod)
         return k[0].replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, is_gaussian=False)
 
     def output_shape(self, shape: ShapeOrList) -> ShapeOrList:
@@ -193,11 +188,7 @@ class FanInConcat(Layer):
                     out.add_(t, alpha=ki.channels / total)
                 return out
 
-            def averaged() -> tuple[torch.Tensor, torch.Tensor]:
-                v1 = avg([ki.var1 for ki in k])
-                return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else avg([ki.var2 for ki in k]))
-
-            var1, var2 = taped_vars(self, averaged, full=k[0].full_layout)
+            var1, var2 = self._merge_vars(k, avg)
             return k[0].replace(nngp=avg([ki.nngp for ki in k]), ntk=avg([ki.ntk for ki in k]), var1=var1,
                                 var2=var2, shape=out_shape, is_gaussian=gauss)
         if not k[0].diagonal_spatial:
@@ -214,11 +205,7 @@ class FanInConcat(Layer):
                 return None
             return torch.cat(ts, dim=n_batch + ax - 1)
 
-        def concatenated() -> tuple[torch.Tensor, torch.Tensor]:
-            v1 = cat([ki.var1 for ki in k], 1)
-            return v1, (v1 if all(ki.var2 is ki.var1 for ki in k) else cat([ki.var2 for ki in k], 1))
-
-        var1, var2 = taped_vars(self, concatenated, full=k[0].full_layout)
+        var1, var2 = self._merge_vars(k, lambda ts: cat(ts, 1))
         return k[0].replace(nngp=cat([ki.nngp for ki in k], 2), ntk=cat([ki.ntk for ki in k], 2), var1=var1,
                             var2=var2, shape=out_shape, is_gaussian=gauss)
 
