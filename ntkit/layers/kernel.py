@@ -121,7 +121,7 @@ def _sym_gram(a: torch.Tensor, scale: float) -> torch.Tensor:
     """``scale * a @ a.T`` computing only the upper-triangular row panels (about half the flops)."""
     n = a.shape[0]
     a_s = a * scale
-    if n < 1024:
+    if n < 384:  # measured (784 features, 1 thread): the panels win from n=500 (0.70x at n=1000)
         return torch.mm(a_s, a.T)
     out = torch.empty((n, n), dtype=a.dtype, device=a.device)
     step = -(-n // 8)
