@@ -78,6 +78,13 @@ def _plan(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int],
     return [_plan_axis(L, f, s, padding, what) for L, f, s in zip(spatial, window, strides, strict=True)]
 
 
+def _pads(spatial: Sequence[int], window: Sequence[int], strides: Sequence[int],
+          plans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(lo, hi)`` padding per spatial axis that makes the windows of ``plans`` fit (none for VALID)."""
+    return [(lo, max((out_len - 1) * s + f - length, 0) - lo)
+            for length, f, s, (out_len, lo) in zip(spatial, window, strides, plans, strict=True)]
+
+
 def _shift_sum(t: torch.Tensor, axes: Sequence[int], window: int, stride: int, pad_lo: int, out_len: int,
                circular: bool) -> torch.Tensor:
     """``out[.., h, .., h', ..] = sum_d t[.., s*h+d-p, .., s*h'+d-p, ..]`` over the given ``axes`` jointly.
@@ -181,19 +188,13 @@ def _all_zero(t: torch.Tensor) -> bool:
 def _patches(x: torch.Tensor, filter_shape: Sequence[int], strides: Sequence[int], plans: list[tuple[int, int]],
              circular: bool) -> torch.Tensor:
     """``(n, C * |f|, P_out)`` patches of channels-first ``x`` (zero padded, or wrapped when ``circular``)."""
-    nd = len(filter_shape)
-    spatial = x.shape[2:]
-    for i, ((out_len, lo), f, s, length) in enumerate(zip(plans, filter_shape, strides, spatial, strict=True)):
-        hi = max((out_len - 1) * s + f - length, 0) - lo
-        if lo == 0 and hi == 0:
-            continue
-        if circular:
-            idx = torch.arange(-lo, length + hi, device=x.device) % length
-            x = x.index_select(2 + i, idx)
-        else:
-            pad = [0, 0] * nd
-            pad[2 * (nd - 1 - i)], pad[2 * (nd - 1 - i) + 1] = lo, hi
-            x = F.pad(x, pad)
+    pads = _pads(x.shape[2:], filter_shape, strides, plans)
+    if circular:  # wrap-around by indexing: works for pads wider than the axis, unlike F.pad
+        for i, ((lo, hi), length) in enumerate(zip(pads, x.shape[2:], strict=True)):
+            if lo or hi:
+                x = x.index_select(2 + i, torch.arange(-lo, length + hi, device=x.device) % length)
+    elif any(lo or hi for lo, hi in pads):
+        x = F.pad(x, [v for lo_hi in reversed(pads) for v in lo_hi])
     pieces = []
     for offsets in itertools.product(*(range(f) for f in filter_shape)):
         idx = [slice(None), slice(None)]
@@ -423,10 +424,7 @@ class Conv(Layer):
             raise ValueError("Conv: the finite module supports at most 3 spatial dimensions")
         weight = ctx.normal(c_out, c_in, *self.filter_shape)
         bias = None if self.b_std is None else ctx.normal(c_out)
-        pads = []
-        for L, f, s, (out_len, lo) in zip(shape[1:], self.filter_shape, self.strides, plans, strict=True):
-            need = max((out_len - 1) * s + f - L, 0) if self.padding != "VALID" else 0
-            pads.append((lo, need - lo))
+        pads = _pads(shape[1:], self.filter_shape, self.strides, plans)
         if self.parameterization == "ntk":
             w_scale = self.W_std / math.sqrt(fan_in)
             b_scale = 0.0 if self.b_std is None else self.b_std

@@ -24,7 +24,7 @@ from torch import nn
 
 from .._validation import check_choice
 from .base import BuildContext, KernelOrList, Layer, ShapeOrList
-from .conv import _as_tuple, _check_spatial_kernel, _plan, _shift_sum, _spatial_axes
+from .conv import _as_tuple, _check_spatial_kernel, _pads, _plan, _shift_sum, _spatial_axes
 from .kernel import Kernel, position_variance
 
 __all__ = ["AvgPool", "SumPool", "GlobalAvgPool", "GlobalSumPool", "Flatten", "ImageResize"]
@@ -130,10 +130,7 @@ class _Pool(Layer):
         plans = self._plans(shape)
         if len(self.window_shape) > 3:
             raise ValueError(f"{type(self).__name__}: the finite module supports at most 3 spatial dimensions")
-        pads = []
-        for L, f, s, (out_len, lo) in zip(shape[1:], self.window_shape, self.strides, plans, strict=True):
-            need = max((out_len - 1) * s + f - L, 0) if self.padding != "VALID" else 0
-            pads.append((lo, need - lo))
+        pads = _pads(shape[1:], self.window_shape, self.strides, plans)
         scale = float(math.prod(self.window_shape)) if self._sum else 1.0
         return _PoolModule(self.window_shape, self.strides, pads, self.padding == "CIRCULAR", scale)
 
